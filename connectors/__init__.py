@@ -1,0 +1,1 @@
+"""ccstream: contact-center events from WebSocket sessions into Kafka (source side)."""

@@ -1,0 +1,111 @@
+"""The metrics a Prometheus user expects, defined once, served over aiohttp.
+
+Every ccstream metric lives in ``REGISTRY`` (not the process-global default registry, so that
+tests and embedding applications do not collide) and is named ``ccstream_*``. ``serve()`` exposes
+them at ``/metrics`` with aiohttp, which faust already brings.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# -- connector ---------------------------------------------------------------------------------
+WS_CONNECTS = Counter(
+    "ccstream_ws_connects", "WebSocket handshakes that opened a stream", ["stream"],
+    registry=REGISTRY,
+)
+WS_RECONNECTS = Counter(
+    "ccstream_ws_reconnects", "Reconnects scheduled, by cause", ["stream", "cause"],
+    registry=REGISTRY,
+)
+BACKOFF_DELAY = Histogram(
+    "ccstream_backoff_delay_seconds", "Backoff delay chosen before a reconnect", ["stream"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64), registry=REGISTRY,
+)
+EVENTS_IN = Counter(
+    "ccstream_events_in", "Events received from the platform", ["stream"], registry=REGISTRY,
+)
+EVENTS_PRODUCED = Counter(
+    "ccstream_events_produced", "Events acknowledged by Kafka on the raw topic", ["stream"],
+    registry=REGISTRY,
+)
+EVENTS_DLQ = Counter(
+    "ccstream_events_dlq", "Bad frames sent to the dead-letter topic", ["stream", "reason"],
+    registry=REGISTRY,
+)
+HEARTBEATS = Counter(
+    "ccstream_heartbeats", "Heartbeat frames received", ["stream"], registry=REGISTRY,
+)
+GAPS = Counter(
+    "ccstream_gaps", "Resume points older than the platform's retention", ["stream"],
+    registry=REGISTRY,
+)
+TOKEN_REFRESHES = Counter(
+    "ccstream_token_refreshes", "Token requests, by grant and outcome",
+    ["credential", "grant", "outcome"], registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "ccstream_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["stream"],
+    registry=REGISTRY,
+)
+LAST_EVENT_TS = Gauge(
+    "ccstream_last_event_timestamp_seconds", "When the last event was received (epoch s)",
+    ["stream"], registry=REGISTRY,
+)
+CURSOR_COMMITS = Counter(
+    "ccstream_cursor_commits", "Cursors written to the cursor topic", ["stream"],
+    registry=REGISTRY,
+)
+
+# -- dedup -------------------------------------------------------------------------------------
+DEDUP_IN = Counter(
+    "ccstream_dedup_events_in", "Raw events read by the dedup worker", ["partition"],
+    registry=REGISTRY,
+)
+DEDUP_FORWARDED = Counter(
+    "ccstream_dedup_forwarded", "Events written to the clean topic", ["partition"],
+    registry=REGISTRY,
+)
+DEDUP_DUPLICATES = Counter(
+    "ccstream_dedup_duplicates", "Events dropped as duplicates", ["partition"],
+    registry=REGISTRY,
+)
+DEDUP_DLQ = Counter(
+    "ccstream_dedup_dlq", "Raw records the dedup worker could not key", ["reason"],
+    registry=REGISTRY,
+)
+FILTER_FILL = Gauge(
+    "ccstream_dedup_filter_fill_ratio", "Fraction of set bits in the newest filter generation",
+    ["partition"], registry=REGISTRY,
+)
+FILTER_FP_RATE = Gauge(
+    "ccstream_dedup_estimated_fp_rate", "Estimated false-positive rate of the filter",
+    ["partition"], registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "ccstream_consumer_lag", "Raw-topic records not yet processed", ["partition"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """The registry in Prometheus text format."""
+    return bytes(generate_latest(REGISTRY))
+
+
+async def serve(host: str, port: int) -> web.AppRunner:
+    """Serve ``/metrics`` until the returned runner is cleaned up."""
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,1 @@
+"""ccstream: the dedup pipeline, the command line and the local Kafka broker."""

@@ -1,0 +1,5 @@
+"""``python -m pipeline`` is ``ccstream``."""
+
+from pipeline.cli import entry
+
+entry()
