@@ -48,3 +48,40 @@ def topic_prefix(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# -- platform simulator (connectors/simulator) -------------------------------------------------
+# Imports are local so that the shared fixtures above never depend on the simulator package.
+SIM_CLIENT_ID = "acme"
+SIM_SECRET = "s3cret-acme"
+
+
+@pytest.fixture
+async def simulator():  # type: ignore[no-untyped-def]
+    """A started platform simulator on a free loopback port: client ``acme`` (secret
+    ``SIM_SECRET``) on both platforms, 50 events/s per stream, seeded; tests needing other
+    settings build their own ``Simulator(SimSettings(...))``."""
+    from connectors.simulator import ClientSpec, SimSettings, Simulator
+
+    settings = SimSettings(clients=(ClientSpec(SIM_CLIENT_ID, SIM_SECRET),), seed=1, rate=50.0)
+    async with Simulator(settings) as sim:
+        yield sim
+
+
+async def _sim_token(sim, client_id=SIM_CLIENT_ID, secret=SIM_SECRET):  # type: ignore[no-untyped-def]
+    """An access token from the simulator, by the client-credentials grant (no ccstream code)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        answer = await http.post(
+            sim.token_url, data={"grant_type": "client_credentials"},
+            headers={"Authorization": aiohttp.encode_basic_auth(client_id, secret)},
+        )
+        answer.raise_for_status()
+        return str((await answer.json())["access_token"])
+
+
+@pytest.fixture
+def sim_token():  # type: ignore[no-untyped-def]
+    """``await sim_token(sim, client_id=..., secret=...)``: an access token from a simulator."""
+    return _sim_token

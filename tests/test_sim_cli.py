@@ -1,0 +1,101 @@
+"""``ccstream simulate``: its help, its one-line errors, and a real process run and stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from connectors.simulator.faults import PRESETS, FaultKind
+from pipeline import cli
+
+
+def test_help_documents_every_fault_and_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ccstream simulate --help` names every fault kind, its settings, and every preset."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["simulate", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for kind in FaultKind:
+        assert re.search(rf"^  {kind.value} ", out, re.MULTILINE), kind
+    for preset in PRESETS:
+        assert re.search(rf"^  {preset} ", out, re.MULTILINE), preset
+    assert "settings:" in out and "--time-scale" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["--rate", "fast"], ["--time-scale", "0"], ["--client", "nosecret"],
+    ["--client", "a:b:mars"], ["--limit-answer", "999"],
+])
+def test_bad_options_are_one_line_and_exit_2(argv: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad option prints exactly one line on stderr and exits 2."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["simulate", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ccstream simulate: error:")
+
+
+@pytest.mark.parametrize(("script", "needle"), [
+    ('[[fault]]\nkind = "close"\ncode = 4242\n', "fault[0].code"),
+    ('[[fault]]\nkind = "stall"\n', "fault[0].duration_s"),
+    ("[[fault]\n", "not valid TOML"),
+    ('[{"kind": "melt"}]', "unknown fault 'melt'"),
+])
+def test_bad_fault_scripts_are_one_line_and_exit_2(
+        tmp_path: Path, script: str, needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad fault script names the file, the entry and the setting, in one line, exit 2."""
+    path = tmp_path / ("faults.json" if script.startswith("[{") else "faults.toml")
+    path.write_text(script)
+    assert cli.main(["simulate", "--faults", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and str(path) in err[0]
+
+
+def test_unknown_preset_and_bad_inline_fault_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--faults with an unknown name and a bad --fault each give one line and exit 2."""
+    assert cli.main(["simulate", "--faults", "mayhem"]) == 2
+    assert "neither a preset" in capsys.readouterr().err
+    assert cli.main(["simulate", "--fault", "kind=close,code"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+
+
+def test_process_prints_a_toml_snippet_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The real process prints URLs and a [[streams]] snippet, serves stats, exits 0 on SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "simulate", "--port", "0", "--client",
+         "demo:pw:nice", "--rate", "100", "--faults", "chaos", "--preset-interval", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("client_secret" in x for x in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines)
+        assert 'platform = "nice"' in text and 'client_id = "demo"' in text
+        base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None, text
+        with urllib.request.urlopen(f"{base.group(1)}/_sim/stats", timeout=5) as answer:
+            stats = json.load(answer)
+        assert "nice/demo" in stats["streams"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
