@@ -82,6 +82,11 @@ class ConnectorSettings(_Section):
     max_frame_bytes: int = Field(1_048_576, ge=1024)
     cursor_commit_interval_s: float = Field(1.0, gt=0)
     grace_period_s: float = Field(12.0, gt=0)
+    # Genesys `since`: how much older than the newest event seen a not-yet-received event may be
+    # (timestamps are unordered across correlation ids; see connectors/progress.py)
+    since_lateness_s: float = Field(30.0, ge=0)
+    # exit non-zero (after a clean shutdown) once every stream is stopped or has its breaker open
+    exit_when_all_open: bool = True
 
 
 class StreamConfig(_Section):
@@ -95,6 +100,8 @@ class StreamConfig(_Section):
     types: tuple[str, ...] = ()
     # None = the platform's own interval (12 s Genesys, 25 s NICE)
     ping_interval_s: float | None = Field(None, gt=0)
+    # how far back the platform replays; None = the platform adapter's assumption (one day)
+    retention_s: float | None = Field(None, gt=0)
     ca_file: str | None = None
     insecure_skip_verify: bool = False
 
@@ -122,7 +129,8 @@ class StreamConfig(_Section):
 
 class DedupSettings(_Section):
     app_id: str = "ccstream-dedup"
-    # sized for 2,000 events/s per partition over a 24 h window (see README, "Dedup guarantee")
+    # sized for ~230 events/s per partition (20 M events per partition per 24 h window), see
+    # pipeline/dedup/README.md "Dedup guarantee"; expected_events_per_window is per partition
     window_s: float = Field(86_400.0, gt=0)
     generations: int = Field(3, ge=2)
     expected_events_per_window: int = Field(20_000_000, ge=1000)
@@ -132,6 +140,15 @@ class DedupSettings(_Section):
     commit_interval_s: float = Field(0.5, gt=0)
     session_timeout_s: float = Field(10.0, gt=0)
     data_dir: str | None = None
+    # bits spent relative to the Bloom optimum -ln p/(ln 2)^2; above 1.0 the filter uses the
+    # fewest probes that still meet p (less CPU per event), see pipeline/bloom.py
+    memory_factor: float = Field(1.0, ge=1.0, le=2.0)
+    # events taken per agent iteration (one changelog op per partition per batch)
+    batch_max: int = Field(1000, ge=1)
+    batch_within_s: float = Field(0.05, gt=0)
+    # changelog retention beyond the oldest live generation: covers a worker that is down this
+    # long (older ops would be deleted before it recovers them)
+    changelog_retention_margin_s: float = Field(7 * 86_400.0, ge=0)
 
 
 class MetricsSettings(_Section):

@@ -60,6 +60,22 @@ CURSOR_COMMITS = Counter(
     "ccstream_cursor_commits", "Cursors written to the cursor topic", ["stream"],
     registry=REGISTRY,
 )
+BACKOFF_CURRENT = Gauge(
+    "ccstream_backoff_current_seconds", "The backoff delay the stream is waiting out (0: none)",
+    ["stream"], registry=REGISTRY,
+)
+STREAM_CONNECTED = Gauge(
+    "ccstream_stream_connected", "1 while the stream's WebSocket is open", ["stream"],
+    registry=REGISTRY,
+)
+LATE_EVENTS = Counter(
+    "ccstream_late_events", "Genesys events older than the committed `since` (beyond lateness)",
+    ["stream"], registry=REGISTRY,
+)
+STREAM_FAILED = Gauge(
+    "ccstream_stream_failed", "1 when the stream stopped on a non-retriable error", ["stream"],
+    registry=REGISTRY,
+)
 
 # -- dedup -------------------------------------------------------------------------------------
 DEDUP_IN = Counter(
@@ -84,6 +100,27 @@ FILTER_FILL = Gauge(
 )
 FILTER_FP_RATE = Gauge(
     "ccstream_dedup_estimated_fp_rate", "Estimated false-positive rate of the filter",
+    ["partition"], registry=REGISTRY,
+)
+DEDUP_RECOVERY_OPS = Counter(
+    "ccstream_dedup_recovery_ops", "Changelog ops replayed to rebuild a partition's filter",
+    ["partition"], registry=REGISTRY,
+)
+DEDUP_RECOVERING = Gauge(
+    "ccstream_dedup_recovering", "1 while a partition's filter is being rebuilt from its changelog",
+    ["partition"], registry=REGISTRY,
+)
+DEDUP_ROTATIONS = Counter(
+    "ccstream_dedup_rotations", "Filter generations started (stream time crossed a boundary)",
+    ["partition"], registry=REGISTRY,
+)
+DEDUP_GENERATION = Gauge(
+    "ccstream_dedup_generation", "Newest filter generation (stream time / rotation period)",
+    ["partition"], registry=REGISTRY,
+)
+DEDUP_STRICT_FP = Counter(
+    "ccstream_dedup_strict_false_positives",
+    "Strict mode: Bloom hits the exact store proved new (forwarded, not dropped)",
     ["partition"], registry=REGISTRY,
 )
 CONSUMER_LAG = Gauge(

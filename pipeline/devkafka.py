@@ -258,8 +258,9 @@ class KafkaCluster:
         for node in self.nodes:
             conf = self._write_config(node)
             fmt = subprocess.run(
-                self._java(libs, node, "kafka.tools.StorageTool", "format", "-t",
-                           self.cluster_id, "-c", str(conf)),
+                # one argument: a random id may start with "-" and read as an option
+                self._java(libs, node, "kafka.tools.StorageTool", "format",
+                           f"--cluster-id={self.cluster_id}", "-c", str(conf)),
                 capture_output=True, text=True, check=False,
             )
             if fmt.returncode != 0:

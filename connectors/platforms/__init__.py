@@ -1,0 +1,121 @@
+"""Platform adapters: everything that differs between Genesys and NICE, behind one ``Protocol``.
+
+``../shared/contracts/ccaas-wire.md`` §2. An adapter builds the stream URL afresh for every
+attempt (token, resume point, types), turns a received frame into a ``Frame`` (event, heartbeat,
+closing notice or bad input, never an exception), and says how far a stream has safely got
+(``progress()``). A third platform is one new module here plus one test file.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from connectors.config import Platform
+from connectors.progress import Progress
+
+HEARTBEAT = "system.heartbeat"
+CLOSING = "system.socket_closing"
+
+
+class FrameKind(enum.Enum):
+    EVENT = "event"
+    HEARTBEAT = "heartbeat"
+    CLOSING = "closing"
+    BAD = "bad"
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: FrameKind
+    raw: bytes
+    binary: bool = False
+    correlation_id: str = ""
+    dedup_key: str = ""
+    cursor: str | None = None     # NICE: the event's opaque cursor
+    epoch: float | None = None    # Genesys: the event's timestamp, for the ``since`` watermark
+    reason: str = ""              # BAD: why (the DLQ reason header)
+
+
+class PlatformAdapter(Protocol):
+    name: Platform
+    ping_interval_s: float        # the platform's window minus a margin (12 s / 25 s)
+    retention_s: float            # how far back the platform can replay (gap detection)
+    resume_param: str             # "since" | "cursor": the key of the cursor-topic value
+
+    def url(self, base: str, token: str, resume: str | None, types: Sequence[str]) -> str: ...
+
+    def parse(self, raw: bytes, binary: bool, max_bytes: int) -> Frame: ...
+
+    def progress(self, resume: str | None, lateness_s: float) -> Progress: ...
+
+
+def with_query(base: str, params: dict[str, str]) -> str:
+    """``base`` with ``params`` set (replacing any of the same name already in the URL)."""
+    parts = urlsplit(base)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query = urlencode([*kept, *params.items()], safe=":,")
+    return urlunsplit(parts._replace(query=query))
+
+
+def stream_params(token: str, resume_key: str, resume: str | None,
+                  types: Sequence[str]) -> dict[str, str]:
+    params = {"access_token": token}
+    if resume is not None:
+        params[resume_key] = resume
+    if types:
+        params["types"] = ",".join(types)
+    return params
+
+
+def bad(raw: bytes, reason: str, binary: bool = False) -> Frame:
+    return Frame(FrameKind.BAD, raw, binary=binary, reason=reason)
+
+
+def decode(raw: bytes, binary: bool, max_bytes: int) -> dict[str, Any] | Frame:  # noqa: PLR0911
+    """The frame's JSON object, or a BAD/HEARTBEAT/CLOSING ``Frame``.
+
+    The checks every platform shares: text (a binary frame is bad input), size, UTF-8, JSON,
+    object, the two system notices. Platform modules then check their own key fields.
+    """
+    if binary:
+        return bad(raw, "binary_frame", binary=True)
+    if len(raw) > max_bytes:
+        return bad(raw, f"frame_too_large: {len(raw)} bytes > {max_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            return bad(raw, "invalid_utf8")
+        return bad(raw, "not_json")
+    if not isinstance(doc, dict):
+        return bad(raw, "not_an_object")
+    event_type = doc.get("eventType")
+    if event_type == HEARTBEAT:
+        return Frame(FrameKind.HEARTBEAT, raw)
+    if event_type == CLOSING:
+        return Frame(FrameKind.CLOSING, raw)
+    return doc
+
+
+def missing_key(doc: dict[str, Any], keys: Sequence[str]) -> str | None:
+    """The first key field that is absent, empty or not a string (keys compare as strings)."""
+    for key in keys:
+        value = doc.get(key)
+        if not isinstance(value, str) or not value:
+            return key
+    return None
+
+
+def adapter_for(platform: Platform) -> PlatformAdapter:
+    from connectors.platforms.genesys import Genesys
+    from connectors.platforms.nice import Nice
+
+    return Genesys() if platform == "genesys" else Nice()

@@ -1,0 +1,52 @@
+"""NICE CXone flavour: opaque ``cursor`` resumption (replay after C, possibly some at or before).
+
+``../shared/contracts/ccaas-wire.md`` §2. Key fields: ``eventType``, ``correlationId``,
+``timestamp`` (the dedup key) and ``cursor`` (the resume point). ``eventId`` is not required:
+the contract's dedup key does not use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from connectors.config import Platform
+from connectors.platforms import (
+    Frame,
+    FrameKind,
+    bad,
+    decode,
+    missing_key,
+    stream_params,
+    with_query,
+)
+from connectors.progress import CursorProgress, Progress
+from connectors.records import dedup_key
+
+KEYS = ("eventType", "correlationId", "timestamp", "cursor")
+
+
+class Nice:
+    name: Platform = "nice"
+    ping_interval_s = 25.0   # the platform drops a client silent for 30 s
+    retention_s = 86_400.0   # assumption (not published): one day of replay
+    resume_param = "cursor"
+
+    def url(self, base: str, token: str, resume: str | None, types: Sequence[str]) -> str:
+        return with_query(base, stream_params(token, "cursor", resume, types))
+
+    def parse(self, raw: bytes, binary: bool, max_bytes: int) -> Frame:
+        doc = decode(raw, binary, max_bytes)
+        if isinstance(doc, Frame):
+            return doc
+        missing = missing_key(doc, KEYS)
+        if missing is not None:
+            return bad(raw, f"missing_{missing}")
+        return Frame(
+            FrameKind.EVENT, raw, correlation_id=doc["correlationId"],
+            dedup_key=dedup_key(doc["eventType"], doc["correlationId"], doc["timestamp"]),
+            cursor=doc["cursor"],
+        )
+
+    def progress(self, resume: str | None, lateness_s: float) -> Progress:
+        del lateness_s  # cursors are exact: the server replays everything after C
+        return CursorProgress(resume)

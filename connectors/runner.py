@@ -1,0 +1,237 @@
+"""Every stream of one configuration in one process: start-up, cursor commits, shutdown.
+
+Start-up: create missing topics, start the one producer, read every stream's last cursor back
+from the cursor topic, one ``TokenManager`` per credential (token URL + client id, so N streams
+of one tenant share one refresh), one per-host ``TokenBucket`` for every stream's reconnects.
+
+Streams are isolated: each runs in its own task, a stream that fails stops alone, and the process
+only gives up (exit non-zero, one line on stderr) when *every* stream has failed or has its
+breaker open (``exit_when_all_open``).
+
+Cursors: every ``cursor_commit_interval_s`` each stream's resume point (which ``Progress`` only
+moves over acknowledged records) is written when it changed, and once more at shutdown after the
+producer is flushed.
+
+Shutdown (SIGTERM/SIGINT, kafka-and-cli.md): stop reading, close every socket with 1000
+"Graceful shutdown" and wait for the close (bounded by ``close_timeout_s``), flush the producer,
+commit cursors, exit 0, all within ``grace_period_s``. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from connectors import cursor_store, metrics
+from connectors.backoff import instance_salt, salted_random
+from connectors.config import Config, StreamConfig
+from connectors.logs import get_logger
+from connectors.ratelimit import TokenBucket
+from connectors.session import Session, SessionDeps, StreamStatus, safe_error
+from connectors.sink import KafkaSink
+from connectors.tokens import TokenManager
+from connectors.topics import contract_topics, ensure_topics
+from connectors.wire import tls_context
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    message: str = ""  # the one line for stderr when ``code`` is not 0
+
+
+class Runner:
+    def __init__(self, config: Config, *, wall: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.settings = config.connector
+        self.wall = wall
+        self.log = get_logger("ccstream.connector")
+        self.sink = KafkaSink(config.kafka, config.topics)
+        self.sessions: list[Session] = []
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._committed: dict[str, str | None] = {}
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # the operator insists: exit now, cursors stay at their last commit (safe, replays)
+            self.log.warning("connector.forced_exit", signal=sig.name)
+            os._exit(128 + sig.value)
+        self.log.info("connector.stopping", signal=sig.name)
+        self._stop.set()
+
+    # -- run -----------------------------------------------------------------------------------
+    async def run(self) -> Outcome:
+        if not self.config.streams:
+            return Outcome(EXIT_FAILED, "no [[streams]] in the configuration")
+        secrets = {s.name: s.secret() for s in self.config.streams}  # ConfigError early
+        await ensure_topics(self.config.kafka.bootstrap_servers, contract_topics(self.config))
+        await self.sink.start()
+        metrics_runner = None
+        try:
+            stored = await cursor_store.load(self.config.kafka.bootstrap_servers,
+                                             self.config.topics.cursors)
+            if self.config.metrics.port is not None:
+                metrics_runner = await metrics.serve(self.config.metrics.host,
+                                                     self.config.metrics.port)
+            async with aiohttp.ClientSession() as http:
+                self._build(stored, secrets, http)
+                return await self._supervise()
+        finally:
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+            await self.sink.stop()
+
+    def _build(self, stored: dict[str, cursor_store.StoredCursor], secrets: dict[str, str],
+               http: aiohttp.ClientSession) -> None:
+        loop = asyncio.get_running_loop()
+        salt = instance_salt()
+        limiter = TokenBucket(self.settings.reconnects_per_second, self.settings.reconnect_burst,
+                              loop.time())
+        managers: dict[tuple[str, str], TokenManager] = {}
+        for stream in self.config.streams:
+            log = get_logger("ccstream.connector", stream=stream.name, platform=stream.platform)
+            key = (stream.token_url, stream.client_id)
+            if key not in managers:
+                managers[key] = TokenManager(
+                    stream.token_url, stream.client_id, secrets[stream.name],
+                    buffer_s=self.settings.token_safety_buffer_s, http=http, clock=self.wall,
+                    ssl=tls_context(stream, log) if stream.token_url.startswith("https") else None,
+                )
+            if stream.client_secret is not None:
+                log.warning("config.inline_secret",
+                            advice="use client_secret_env: secrets in files leak into backups")
+            cursor = _matching(stored.get(stream.name), stream)
+            self._committed[stream.name] = cursor.value if cursor else None
+            deps = SessionDeps(self.sink, managers[key], limiter, loop.time, self.wall,
+                               salted_random(salt, stream.name).random, self._on_change)
+            self.sessions.append(Session(stream, self.settings, deps, cursor))
+            self.log.info("stream.configured", stream=stream.name, platform=stream.platform,
+                          resume=cursor.value if cursor else None)
+
+    async def _supervise(self) -> Outcome:
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(s.run(), name=f"stream:{s.stream.name}")
+                 for s in self.sessions]
+        committer = loop.create_task(self._commit_loop())
+        every_done = loop.create_task(asyncio.wait(tasks))
+        stop = loop.create_task(self._stop.wait())
+        await asyncio.wait({stop, every_done}, return_when=asyncio.FIRST_COMPLETED)
+        started = loop.time()
+        outcome = self._failure_outcome()
+        for session in self.sessions:
+            session.stop()
+        committer.cancel()
+        clean = await self._shutdown(tasks, started)
+        for task in (stop, every_done, committer):
+            task.cancel()
+        await asyncio.gather(committer, stop, every_done, return_exceptions=True)
+        if outcome is not None:
+            return outcome
+        if not clean:
+            return Outcome(EXIT_FAILED, "shutdown incomplete: see the connector.shutdown log")
+        return Outcome(EXIT_OK)
+
+    def _failure_outcome(self) -> Outcome | None:
+        """Why the exit status is not 0: a stream stopped on a non-retriable error (even while
+        others ran on), or every stream's breaker is open."""
+        failed = [f"{s.fatal}" for s in self.sessions if s.fatal]
+        all_down = self._all_down()
+        if not failed and not all_down:
+            return None
+        opened = [s.stream.name for s in self.sessions
+                  if all_down and s.status is StreamStatus.OPEN]
+        parts = failed + ([f"circuit breaker open for {', '.join(opened)}"] if opened else [])
+        return Outcome(EXIT_FAILED, "; ".join(parts) or "every stream stopped")
+
+    def _all_down(self) -> bool:
+        return bool(self.sessions) and all(
+            s.status in (StreamStatus.FAILED, StreamStatus.OPEN) for s in self.sessions)
+
+    def _on_change(self, session: Session) -> None:
+        if session.status in (StreamStatus.FAILED, StreamStatus.OPEN) and self._all_down() and (
+            self.settings.exit_when_all_open
+            or all(s.status is StreamStatus.FAILED for s in self.sessions)
+        ):
+            self.log.error("connector.giving_up", streams=len(self.sessions))
+            self._stop.set()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], started: float) -> bool:
+        """Close sockets, flush, commit: every step bounded by what is left of the grace period."""
+        deadline = started + self.settings.grace_period_s - 0.5
+        loop = asyncio.get_running_loop()
+        clean = True
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("close", lambda: asyncio.gather(*tasks, return_exceptions=True)),
+            ("flush", self.sink.flush),
+            ("commit", self._commit_all),
+        ]
+        for step, start in steps:
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
+                    await start()  # type: ignore[misc]
+            except Exception as err:  # noqa: BLE001 (each step is bounded and reported)
+                clean = False
+                self.log.error("connector.shutdown", step=step, error=safe_error(err))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.log.info("connector.stopped", clean=clean,
+                      seconds=round(loop.time() - started, 3))
+        return clean
+
+    # -- cursors -------------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.cursor_commit_interval_s)
+            try:
+                await self._commit_all()
+            except Exception as err:  # noqa: BLE001 (the next interval tries again)
+                self.log.error("cursor.commit_failed", error=safe_error(err))
+
+    async def _commit_all(self) -> None:
+        futures = []
+        now = self.wall()
+        for session in self.sessions:
+            name = session.stream.name
+            point = session.progress.resume_point()
+            session.note_resume(point, now)
+            if point is None or point == self._committed.get(name):
+                continue
+            value = cursor_store.encode(session.stream.platform,
+                                        session.platform.resume_param, point, now)
+            futures.append((session, point, await self.sink.send_cursor(name, value)))
+        for session, point, future in futures:
+            await future
+            self._committed[session.stream.name] = point
+            metrics.CURSOR_COMMITS.labels(session.stream.name).inc()
+            session.log.info("cursor.committed", resume=point)
+
+
+def _matching(cursor: cursor_store.StoredCursor | None, stream: StreamConfig
+              ) -> cursor_store.StoredCursor | None:
+    """The stored cursor, unless it belongs to another platform (a renamed stream)."""
+    if cursor is None or cursor.platform == stream.platform:
+        return cursor
+    get_logger("ccstream.connector", stream=stream.name).warning(
+        "cursor.ignored", stored_platform=cursor.platform)
+    return None

@@ -1,0 +1,207 @@
+"""OAuth2 tokens per credential: expiry math (pure) and a single-flight manager (aiohttp).
+
+``../shared/contracts/ccaas-wire.md`` §1. A token counts as expiring at the **earlier** of its
+JWT ``exp`` and ``receipt + expires_in`` (the server's clock and ours may disagree by minutes),
+and is refreshed once that is less than the safety buffer away. A token whose whole lifetime is
+shorter than the buffer would be "due" the moment it arrives and cause a refresh loop, so the
+buffer is capped at half the lifetime (decision, logged as ``token.short_lived``).
+
+The manager never hands out a token it knows is due or was rejected: ``get()`` is called before
+every connection attempt, and ``invalidate(token)`` after every auth close or 401, so that no
+handshake ever carries a known-expired token (the infinite-401 loop of the integration guide).
+Refreshes are single-flight: one request in flight per credential however many streams wait,
+and an auth close seen by N streams of one credential costs one refresh. Tokens, refresh tokens
+and the client secret never reach logs, errors or metrics (``Token.__repr__`` hides them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import ssl as ssl_module
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from connectors import metrics
+from connectors.close_codes import _seconds
+from connectors.logs import BoundLogger, get_logger
+
+Clock = Callable[[], float]
+
+
+def jwt_exp(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying the signature (we hold no key)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and math.isfinite(exp) else None
+
+
+def expires_at(receipt: float, expires_in: float | None, exp: float | None) -> float:
+    """The earlier of ``exp`` and ``receipt + expires_in`` (``inf`` if neither is known)."""
+    candidates = [receipt + expires_in if expires_in is not None else math.inf,
+                  exp if exp is not None else math.inf]
+    return min(candidates)
+
+
+def refresh_at(receipt: float, expires: float, buffer_s: float) -> float:
+    """When the token must be replaced: ``buffer_s`` before expiry, capped at half its lifetime."""
+    lifetime = max(expires - receipt, 0.0)
+    return expires - min(buffer_s, lifetime / 2)
+
+
+@dataclass(frozen=True)
+class Token:
+    access: str = field(repr=False)
+    refresh: str | None = field(repr=False)
+    receipt: float
+    expires: float
+    due: float
+
+    def usable(self, now: float) -> bool:
+        return now < self.due
+
+
+class TokenError(Exception):
+    """The token endpoint refused or failed; never carries a token or secret."""
+
+    def __init__(self, credential: str, status: int | None, error: str, *,
+                 retriable: bool, retry_after_s: float = 0.0) -> None:
+        super().__init__(f"token request for {credential} failed: {status or 'no answer'} {error}")
+        self.credential = credential
+        self.status = status
+        self.error = error
+        self.retriable = retriable
+        self.retry_after_s = retry_after_s
+
+
+class TokenManager:
+    """Tokens of one credential (token URL + client id), shared by every stream using it."""
+
+    # ``clock`` must be the wall clock (epoch seconds): the JWT ``exp`` is compared with it
+    def __init__(self, token_url: str, client_id: str, secret: str, *, buffer_s: float,
+                 http: aiohttp.ClientSession, clock: Clock, log: BoundLogger | None = None,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        # contract §1: client credentials in ``Authorization: Basic base64(id:secret)``
+        basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {basic}"}
+        self.buffer_s = buffer_s
+        self._http = http
+        self._clock = clock
+        self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
+        self._fatal: TokenError | None = None
+        self.log = log or get_logger("ccstream.tokens", credential=client_id)
+        self._token: Token | None = None
+        self._inflight: asyncio.Task[Token] | None = None
+        self.refreshes = 0  # completed token requests (all grants), for tests and the demo
+
+    async def get(self) -> str:
+        """A token that is not due; refreshes (single-flight) when needed."""
+        if self._fatal is not None:
+            raise self._fatal  # wrong credentials do not heal: no more requests for them
+        token = self._token
+        if token is not None and token.usable(self._clock()):
+            return token.access
+        return (await self._refresh()).access
+
+    def invalidate(self, access: str) -> None:
+        """``access`` was rejected (401, 1008, auth close): never hand it out again."""
+        token = self._token
+        if token is not None and token.access == access:
+            self._token = Token(token.access, token.refresh, token.receipt, token.expires,
+                                due=-math.inf)
+
+    async def _refresh(self) -> Token:
+        if self._inflight is None:
+            task = asyncio.get_running_loop().create_task(self._fetch())
+            self._inflight = task
+            task.add_done_callback(self._clear_inflight)
+        # shield: one waiter being cancelled (its stream stopping) must not cancel the request
+        return await asyncio.shield(self._inflight)
+
+    def _clear_inflight(self, task: asyncio.Task[Token]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters got it; avoids "never retrieved" noise
+
+    async def _fetch(self) -> Token:
+        try:
+            return await self._fetch_once()
+        except TokenError as err:
+            if not err.retriable:
+                self._fatal = err
+                self.log.error("token.rejected", status=err.status, error=err.error)
+            raise
+
+    async def _fetch_once(self) -> Token:
+        previous = self._token
+        if previous is not None and previous.refresh:
+            try:
+                return await self._grant("refresh_token", {"refresh_token": previous.refresh})
+            except TokenError as err:
+                if err.error != "invalid_grant":
+                    raise
+                # the refresh token was used or expired: contract §1 says fall back
+                self.log.info("token.refresh_rejected", error=err.error)
+        return await self._grant("client_credentials", {})
+
+    async def _grant(self, grant: str, extra: dict[str, str]) -> Token:
+        labels = {"credential": self.client_id, "grant": grant}
+        try:
+            status, body, retry_after = await self._post({"grant_type": grant, **extra})
+        except (aiohttp.ClientError, TimeoutError) as err:
+            metrics.TOKEN_REFRESHES.labels(**labels, outcome="error").inc()
+            raise TokenError(self.client_id, None, type(err).__name__, retriable=True) from None
+        if status != 200 or not isinstance(body.get("access_token"), str):
+            error = str(body.get("error", "bad_response"))
+            metrics.TOKEN_REFRESHES.labels(**labels, outcome=error).inc()
+            retriable = status == 429 or status >= 500 or status == 200
+            raise TokenError(self.client_id, status, error, retriable=retriable,
+                             retry_after_s=retry_after)
+        token = self._accept(body)
+        metrics.TOKEN_REFRESHES.labels(**labels, outcome="ok").inc()
+        self.refreshes += 1
+        self.log.info("token.refreshed", grant=grant, expires_in_s=round(token.expires
+                      - token.receipt, 3), rotated=token.refresh is not None)
+        return token
+
+    async def _post(self, form: dict[str, str]) -> tuple[int, dict[str, Any], float]:
+        async with self._http.post(self.token_url, data=form, headers=self._headers,
+                                   ssl=self._ssl) as response:
+            raw = await response.read()
+            retry_after = _seconds(response.headers.get("Retry-After"))
+            try:
+                body = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                body = {}
+            return response.status, body if isinstance(body, dict) else {}, retry_after
+
+    def _accept(self, body: dict[str, Any]) -> Token:
+        receipt = self._clock()
+        access = str(body["access_token"])
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else None
+        expires = expires_at(receipt, lifetime, jwt_exp(access))
+        due = refresh_at(receipt, expires, self.buffer_s)
+        if expires - receipt < 2 * self.buffer_s:
+            self.log.warning("token.short_lived", lifetime_s=round(expires - receipt, 3),
+                             buffer_s=self.buffer_s)
+        refresh = body.get("refresh_token")
+        token = Token(access, refresh if isinstance(refresh, str) else None, receipt, expires, due)
+        self._token = token
+        return token
+

@@ -1,0 +1,138 @@
+"""The connector's Kafka side against the real broker: raw/DLQ records and cursors.
+
+Also the helpers the other ``test_conn_*`` modules share (reading a topic to its end, building a
+scaled-time configuration for the simulator).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from connectors import cursor_store, records
+from connectors.config import Config, parse
+from connectors.platforms import adapter_for
+from connectors.sink import KafkaSink
+from connectors.topics import contract_topics, ensure_topics, partition_count
+
+pytestmark = pytest.mark.kafka
+
+# scaled time for every loop test: 1 platform second is a few milliseconds here
+FAST_CONNECTOR: dict[str, Any] = {
+    "backoff_base_s": 0.05, "backoff_max_s": 0.4, "breaker_cooldown_s": 30.0,
+    "max_attempts": 8, "retry_window_s": 60.0, "reconnects_per_second": 100.0,
+    "reconnect_burst": 20, "pong_timeout_s": 0.3, "open_timeout_s": 3.0, "close_timeout_s": 1.0,
+    "cursor_commit_interval_s": 0.2, "grace_period_s": 6.0, "token_safety_buffer_s": 300.0,
+}
+
+
+def make_config(bootstrap: str, prefix: str, streams: list[dict[str, Any]],
+                **connector: Any) -> Config:
+    """A configuration whose topics are unique to the test and whose time is scaled."""
+    return parse({
+        "kafka": {"bootstrap_servers": bootstrap, "partitions": 2, "linger_ms": 2},
+        "topics": {"raw": f"{prefix}.raw", "clean": f"{prefix}.clean",
+                   "cursors": f"{prefix}.cursors", "dlq": f"{prefix}.dlq"},
+        "connector": {**FAST_CONNECTOR, **connector},
+        "streams": streams,
+    }, environ={})
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its current end offsets."""
+    tps = [TopicPartition(topic, p) for p in range(await partition_count(bootstrap, topic))]
+    if not tps:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(batch)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def dedup_keys(raw_records: list[Any]) -> set[str]:
+    return {records.header(r.headers, records.H_DEDUP_KEY).decode() for r in raw_records}
+
+
+async def test_sink_writes_contract_records_and_dlq(bootstrap: str, topic_prefix: str) -> None:
+    """Raw records are keyed by correlationId with verbatim bytes and headers; bad frames reach
+    the DLQ keyed by stream with their reason."""
+    config = make_config(bootstrap, topic_prefix, [])
+    await ensure_topics(bootstrap, contract_topics(config))
+    sink = KafkaSink(config.kafka, config.topics)
+    await sink.start()
+    try:
+        raw = orjson.dumps({"eventId": "e1", "eventType": "screenpop", "correlationId": "c9",
+                            "timestamp": "2024-01-15T10:30:00.000Z", "cursor": "K7", "data": {}})
+        frame = adapter_for("nice").parse(raw, False, 4096)
+        await (await sink.send_event("nice-1", "nice", frame, 1705314600.0))
+        await (await sink.send_dlq("nice-1", "nice", b"\xff\x00", "binary_frame",
+                                   received_at=1705314600.0, binary=True))
+    finally:
+        await sink.stop()
+    [event] = await read_all(bootstrap, config.topics.raw)
+    assert (event.key, event.value) == (b"c9", raw)
+    assert dict(event.headers) == {
+        "ccstream-stream": b"nice-1", "ccstream-platform": b"nice",
+        "ccstream-dedup-key": b"screenpop|c9|2024-01-15T10:30:00.000Z",
+        "ccstream-received-at": b"2024-01-15T10:30:00.000Z", "ccstream-cursor": b"K7"}
+    [dead] = await read_all(bootstrap, config.topics.dlq)
+    assert (dead.key, dead.value) == (b"nice-1", b"/wA=")
+    assert records.header(dead.headers, records.H_DLQ_REASON) == b"binary_frame"
+    assert records.header(dead.headers, records.H_DLQ_ENCODING) == b"base64"
+
+
+async def test_cursor_store_reads_back_the_latest_value_per_stream(
+        bootstrap: str, topic_prefix: str) -> None:
+    """Start-up sees the last cursor of each stream, tombstones delete, foreign values are
+    ignored, and an empty or missing topic gives no cursors."""
+    config = make_config(bootstrap, topic_prefix, [])
+    assert await cursor_store.load(bootstrap, config.topics.cursors) == {}
+    await ensure_topics(bootstrap, contract_topics(config))
+    sink = KafkaSink(config.kafka, config.topics)
+    await sink.start()
+    try:
+        for stream, value in [("g", "2024-01-15T10:30:00.000Z"), ("g", "2024-01-15T10:31:00.000Z"),
+                              ("n", "K1")]:
+            param = "since" if stream == "g" else "cursor"
+            await (await sink.send_cursor(stream, cursor_store.encode(
+                "genesys" if stream == "g" else "nice", param, value, 1705314600.0)))
+        await (await sink.send_cursor("gone", cursor_store.encode("nice", "cursor", "x", 0.0)))
+        await (await sink._producer.send(config.topics.cursors, value=None, key=b"gone"))
+        await (await sink._producer.send(config.topics.cursors, value=b"junk", key=b"junk"))
+    finally:
+        await sink.stop()
+    stored = await cursor_store.load(bootstrap, config.topics.cursors)
+    assert set(stored) == {"g", "n"}
+    assert (stored["g"].param, stored["g"].value) == ("since", "2024-01-15T10:31:00.000Z")
+    assert (stored["n"].platform, stored["n"].value) == ("nice", "K1")
+    assert stored["n"].updated_at == "2024-01-15T10:30:00.000Z"
+
+
+def test_cursors_command_lists_every_stream() -> None:
+    """``ccstream cursors`` shows each configured stream's cursor, says when there is none, and
+    marks cursors of streams no longer configured."""
+    from connectors.commands.cursors import render
+
+    config = make_config("x:1", "p", [
+        {"name": "g", "platform": "genesys", "url": "wss://h/e", "token_url": "https://h/t",
+         "client_id": "c", "client_secret": "s"},
+        {"name": "n", "platform": "nice", "url": "wss://h/e", "token_url": "https://h/t",
+         "client_id": "c", "client_secret": "s"}])
+    stored = {"g": cursor_store.StoredCursor("genesys", "since", "2024-01-15T10:30:00.000Z", "u"),
+              "old": cursor_store.StoredCursor("nice", "cursor", "K", "u")}
+    lines = render(config, stored)
+    assert lines[0].startswith("g\tgenesys\tsince=2024-01-15T10:30:00.000Z")
+    assert lines[1] == "n\tnice\t(no cursor committed)"
+    assert lines[2].endswith("(not in the configuration)")
