@@ -100,6 +100,11 @@ def connect_error() -> Disposition:
     return Disposition(Action.RECONNECT, "connect_error")
 
 
+def kafka_error() -> Disposition:
+    """Kafka could not take what the stream received: reconnect, the platform replays it."""
+    return Disposition(Action.RECONNECT, "kafka_error")
+
+
 def closing_notice() -> Disposition:
     return Disposition(Action.PLANNED, "closing_notice")
 

@@ -143,9 +143,6 @@ class DedupSettings(_Section):
     # bits spent relative to the Bloom optimum -ln p/(ln 2)^2; above 1.0 the filter uses the
     # fewest probes that still meet p (less CPU per event), see pipeline/bloom.py
     memory_factor: float = Field(1.0, ge=1.0, le=2.0)
-    # events taken per agent iteration (one changelog op per partition per batch)
-    batch_max: int = Field(1000, ge=1)
-    batch_within_s: float = Field(0.05, gt=0)
     # changelog retention beyond the oldest live generation: covers a worker that is down this
     # long (older ops would be deleted before it recovers them)
     changelog_retention_margin_s: float = Field(7 * 86_400.0, ge=0)

@@ -119,12 +119,16 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: str = "json", stream: IO[str] | None = None) -> None:
-    """Install one handler on the root logger (idempotent: replaces ccstream's own handler)."""
+    """Install one handler on the root logger (idempotent: replaces ccstream's own handler).
+
+    Logs go to standard output: standard error is kept for the one line a command prints when
+    it exits non-zero (CLI contract), so that line is never buried in log output.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "ccstream", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     handler.ccstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -76,6 +76,11 @@ STREAM_FAILED = Gauge(
     "ccstream_stream_failed", "1 when the stream stopped on a non-retriable error", ["stream"],
     registry=REGISTRY,
 )
+LAST_EVENT_AGE = Gauge(
+    "ccstream_last_event_age_seconds",
+    "Seconds since the stream's last event (since the stream started, before the first one)",
+    ["stream"], registry=REGISTRY,
+)
 
 # -- dedup -------------------------------------------------------------------------------------
 DEDUP_IN = Counter(

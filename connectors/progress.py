@@ -48,6 +48,7 @@ class _State(enum.Enum):
 class _Entry:
     position: Position
     state: _State
+    epoch: float | None = None   # the event's timestamp, when readable (gap detection)
 
 
 class Progress:
@@ -58,11 +59,16 @@ class Progress:
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self.late = 0
 
-    def track(self, position: Position) -> int:
-        """A record was handed to the producer; returns its sequence number."""
+    def track(self, position: Position, epoch: float | None = None) -> int:
+        """A record was handed to the producer; returns its sequence number.
+
+        ``epoch`` is the event's own timestamp (both platforms): it only serves
+        ``replay_anchor()``; Genesys positions are that timestamp already.
+        """
         seq = self._next
         self._next += 1
-        self._entries[seq] = _Entry(position, _State.PENDING)
+        self._entries[seq] = _Entry(position, _State.PENDING,
+                                    epoch if epoch is not None else _epoch_of(position))
         self._observe(position)
         return seq
 
@@ -104,6 +110,17 @@ class Progress:
     def resume_point(self) -> str | None:
         raise NotImplementedError
 
+    def replay_anchor(self) -> float | None:
+        """The timestamp of the earliest event already received that the platform must send
+        again from ``resume_point()`` (None when no such event is known): see ``gaps``."""
+        raise NotImplementedError
+
+    def _first_unacknowledged_epoch(self) -> float | None:
+        for entry in self._entries.values():
+            if entry.position is not None and entry.epoch is not None:
+                return entry.epoch
+        return None
+
     def _observe(self, position: Position) -> None:
         """Hook: a new position was received (before it is acknowledged)."""
 
@@ -115,6 +132,10 @@ class Progress:
 
     def _pending_positions(self) -> list[Position]:
         return [e.position for e in self._entries.values() if e.position is not None]
+
+
+def _epoch_of(position: Position) -> float | None:
+    return position if isinstance(position, float) else None
 
 
 class CursorProgress(Progress):
@@ -131,6 +152,12 @@ class CursorProgress(Progress):
 
     def _pin(self, point: str | None) -> None:
         self._cursor = point
+
+    def replay_anchor(self) -> float | None:
+        # the cursor is exact: the first event received after it and not acknowledged is its
+        # successor, which the platform replays first (events at or before C may come before
+        # it, and are older). With everything acknowledged the successor is unknown.
+        return self._first_unacknowledged_epoch()
 
 
 class SinceProgress(Progress):
@@ -163,6 +190,16 @@ class SinceProgress(Progress):
     def resume_point(self) -> str | None:
         epoch = self.resume_epoch()
         return None if epoch is None else rfc3339(epoch)
+
+    def replay_anchor(self) -> float | None:
+        # every retained event with timestamp >= since comes again: the earliest one received
+        # (not acknowledged yet, or the newest acknowledged) must be among the first replayed
+        since = self.resume_epoch()
+        known = [p for p in self._pending_positions() if isinstance(p, float)]
+        if self._prefix_max is not None:
+            known.append(self._prefix_max)
+        known = [p for p in known if since is None or p >= since]
+        return min(known) if known else None
 
     def _pin(self, point: str | None) -> None:
         # computed while the forgotten records still count, so the floor covers them; the

@@ -31,9 +31,10 @@ import aiohttp
 from connectors import cursor_store, metrics
 from connectors.backoff import instance_salt, salted_random
 from connectors.config import Config, StreamConfig
+from connectors.delivery import safe_error
 from connectors.logs import get_logger
 from connectors.ratelimit import TokenBucket
-from connectors.session import Session, SessionDeps, StreamStatus, safe_error
+from connectors.session import Session, SessionDeps, StreamStatus
 from connectors.sink import KafkaSink
 from connectors.tokens import TokenManager
 from connectors.topics import contract_topics, ensure_topics
@@ -55,7 +56,7 @@ class Runner:
         self.settings = config.connector
         self.wall = wall
         self.log = get_logger("ccstream.connector")
-        self.sink = KafkaSink(config.kafka, config.topics)
+        self.sink = KafkaSink(config.kafka, config.topics, config.connector.max_frame_bytes)
         self.sessions: list[Session] = []
         self._stop = asyncio.Event()
         self._signals = 0

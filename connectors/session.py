@@ -10,15 +10,21 @@ stream with a clear error (``fatal``) and nothing else.
 Before every attempt: the token is checked (and refreshed if due, single-flight), sends still in
 flight are given ``close_timeout_s`` to settle, and ``Progress.rewind()`` pins the resume point,
 so whatever Kafka has not acknowledged is replayed by the platform.
+
+Kafka failures (``delivery``): the stream stops reading, closes its socket with 1000, and connects
+again only once Kafka has taken what was in flight (``kafka.waiting`` / ``kafka.recovered``), so
+an outage costs one reconnect per stream, not one per backoff delay. Gaps (``gaps``): checked
+before each attempt (age) and on the first event of each connection (replay). Frames over the
+hard cap (1009): the next attempt reads with a raised cap (``wire``), once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -28,23 +34,27 @@ from connectors.breaker import Breaker, BreakerState
 from connectors.close_codes import Action, Disposition
 from connectors.config import ConnectorSettings, StreamConfig
 from connectors.cursor_store import StoredCursor
+from connectors.delivery import Delivery, safe_error
+from connectors.gaps import Gap, GapWatch
 from connectors.keepalive import KeepAlive
 from connectors.logs import BoundLogger, get_logger
 from connectors.platforms import Frame, FrameKind, adapter_for
 from connectors.platforms.genesys import parse_timestamp
 from connectors.ratelimit import TokenBucket
+from connectors.records import rfc3339
 from connectors.retry import ReconnectPolicy, RetryWindow
-from connectors.sink import DeliveryFuture, KafkaSink
-from connectors.tokens import TokenError, TokenManager
+from connectors.sink import KafkaSink
+from connectors.stopping import Stopping
+from connectors.tokens import CERT_ERROR, TokenError, TokenManager
 from connectors.wire import (
+    HARD_CAP_FACTOR,
+    RAISED_CAP_FACTOR,
+    TLS_HINT,
     TypedConnection,
     drive_keepalive,
     open_connection,
-    redact_text,
     tls_context,
 )
-
-T = TypeVar("T")
 
 
 class StreamStatus(enum.Enum):
@@ -68,11 +78,6 @@ class SessionDeps:
     on_change: Callable[[Session], None] = lambda _: None
 
 
-def safe_error(err: BaseException) -> str:
-    """An exception as text with any token-bearing query value cut out."""
-    return redact_text(f"{type(err).__name__}: {err}")
-
-
 class Session:
     def __init__(self, stream: StreamConfig, settings: ConnectorSettings, deps: SessionDeps,
                  stored: StoredCursor | None = None) -> None:
@@ -91,21 +96,38 @@ class Session:
         resume = stored.value if stored is not None else None
         self.progress = self.platform.progress(resume, settings.since_lateness_s)
         seen = stored.updated_epoch() if stored is not None else None
-        self._resume_seen: tuple[str | None, float] = (resume, seen or deps.wall())
-        self._gap_reported: str | None = None
         self.ping_interval_s = stream.ping_interval_s or self.platform.ping_interval_s
         self.retention_s = stream.retention_s or self.platform.retention_s
+        self.gaps = GapWatch(resume, seen or deps.wall(), self.retention_s,
+                             settings.since_lateness_s,
+                             parse_timestamp if self.platform.resume_param == "since" else None)
+        self.delivery = Delivery(stream, deps.sink, self.progress, deps.wall, log=self.log,
+                                 on_failure=self._on_kafka_failure)
         self._tls = tls_context(stream, self.log)
         self.status = StreamStatus.STARTING
         self.fatal: str | None = None
-        self._stopping = asyncio.Event()
+        self._stopping = Stopping()
         self._ws: TypedConnection | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._pending: set[DeliveryFuture] = set()
         self._dead = False
-        self._kafka_failed = False
+        self._kafka_failed = False  # on this connection
+        self._kafka_down = False    # since then, until what was in flight is delivered
+        self._over_cap = False      # the last connection closed with 1009 (frame over cap)
         self._first_event = True
         self.connections = 0
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        """Every per-stream series exists from the start (a scrape shows 0, not nothing)."""
+        name = self.stream.name
+        for counter in (metrics.GAPS, metrics.EVENTS_IN, metrics.EVENTS_PRODUCED,
+                        metrics.HEARTBEATS, metrics.WS_CONNECTS, metrics.CURSOR_COMMITS):
+            counter.labels(name)
+        for gauge in (metrics.BREAKER_STATE, metrics.BACKOFF_CURRENT, metrics.STREAM_FAILED,
+                      metrics.STREAM_CONNECTED):
+            gauge.labels(name).set(0)
+        wall, delivery = self.deps.wall, self.delivery
+        metrics.LAST_EVENT_AGE.labels(name).set_function(lambda: wall() - delivery.last_event)
 
     # -- control -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -135,13 +157,12 @@ class Session:
 
     def note_resume(self, point: str | None, now: float) -> None:
         """The committer saw ``point`` as the resume point at wall time ``now`` (gap ages)."""
-        if point != self._resume_seen[0]:
-            self._resume_seen = (point, now)
+        self.gaps.note_resume(point, now)
 
     # -- one attempt ---------------------------------------------------------------------------
     async def _wait_until_allowed(self) -> bool:
         while (wait := self.policy.ready(self.deps.clock())) > 0:
-            if not await self._sleep(wait):
+            if not await self._stopping.sleep(wait):
                 return False
         if self.policy.breaker.state is BreakerState.HALF_OPEN:
             metrics.BREAKER_STATE.labels(self.stream.name).set(1)
@@ -149,7 +170,7 @@ class Session:
         wait = self.deps.limiter.reserve(self.deps.clock())
         if wait > 0:
             self.log.debug("ws.rate_limited", wait_s=round(wait, 3))
-            return await self._sleep(wait)
+            return await self._stopping.sleep(wait)
         return not self._stopping.is_set()
 
     async def _attempt_safely(self) -> Disposition:
@@ -162,28 +183,38 @@ class Session:
     async def _attempt(self) -> Disposition:  # noqa: PLR0911 (each outcome is one return)
         self._set(StreamStatus.CONNECTING)
         try:
-            token = await self._race(self.deps.tokens.get())
+            token = await self._stopping.race(self.deps.tokens.get())
         except TokenError as err:
             if not err.retriable:
+                hint = ("check client_id and the client secret" if err.error == "invalid_client"
+                        else TLS_HINT if err.error == CERT_ERROR else "check token_url")
                 return Disposition(Action.FATAL, "bad_credentials", detail=(
                     f"stream {self.stream.name}: the token endpoint answered {err.status} "
-                    f"{err.error}: check client_id and the client secret"))
+                    f"{err.error}: {hint}"))
             self.log.warning("token.failed", status=err.status, error=err.error,
                              retry_after_s=err.retry_after_s)
             return Disposition(Action.RECONNECT, "token_error", err.retry_after_s)
-        if token is None:
+        if token is None or (self._kafka_down and not await self._wait_for_kafka()):
             return close_codes.stop()
-        await self._settle()
+        # sends still in flight get a bounded time, so the resume point replays less
+        await self.delivery.settle(self.settings.close_timeout_s)
+        anchor = self.progress.replay_anchor()
         resume = self.progress.rewind()
-        self._check_gap(resume)
+        self._report_gap(self.gaps.connecting(resume, anchor, self.deps.wall()))
         url = self.platform.url(self.stream.url, token, resume, self.stream.types)
         try:
-            ws = await self._race(open_connection(
+            ws = await self._stopping.race(open_connection(
                 url, max_frame_bytes=self.settings.max_frame_bytes,
                 open_timeout_s=self.settings.open_timeout_s,
-                close_timeout_s=self.settings.close_timeout_s, context=self._tls))
+                close_timeout_s=self.settings.close_timeout_s, context=self._tls,
+                cap_factor=self._next_cap()))
         except InvalidStatus as err:
             return self._rejected(err, token)
+        except ssl.SSLCertVerificationError as err:
+            # not retriable: the same certificate fails the same way on every attempt
+            return Disposition(Action.FATAL, "tls_verify_failed", detail=(
+                f"stream {self.stream.name}: the server's certificate was not verified "
+                f"({err.verify_message}): {TLS_HINT}"))
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as err:
             self.log.warning("ws.connect_failed", error=safe_error(err))
             return close_codes.connect_error()
@@ -242,60 +273,19 @@ class Session:
                     self.log.info("ws.closing_notice")
                     await ws.close(1000, "Planned reconnect")
                     return close_codes.closing_notice()
-                await self._handle(frame)
+                if frame.kind is FrameKind.EVENT and self._first_event:
+                    self._on_first_event(frame)
+                await self.delivery.handle(frame)
+                if self._kafka_failed:  # stop reading: what follows could not be delivered
+                    return close_codes.kafka_error()
         except ConnectionClosed as err:
             return await self._closed(err, token)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
 
-    async def _handle(self, frame: Frame) -> None:
-        name, wall = self.stream.name, self.deps.wall()
-        if frame.kind is FrameKind.EVENT:
-            if self._first_event:
-                self._first_event = False
-                self._on_first_event()
-            metrics.EVENTS_IN.labels(name).inc()
-            metrics.LAST_EVENT_TS.labels(name).set(wall)
-            late = self.progress.late
-            seq = self.progress.track(frame.epoch if frame.epoch is not None else frame.cursor)
-            if self.progress.late != late:
-                metrics.LATE_EVENTS.labels(name).inc()
-                self.log.warning("stream.late_event", dedup_key=frame.dedup_key)
-            self._watch(seq, await self.deps.sink.send_event(
-                name, self.stream.platform, frame, wall), produced=True)
-        elif frame.kind is FrameKind.HEARTBEAT:
-            metrics.HEARTBEATS.labels(name).inc()
-        else:
-            await self._dead_letter(frame.raw, frame.reason, frame.binary)
-
-    async def _dead_letter(self, raw: bytes, reason: str, binary: bool = False) -> None:
-        name = self.stream.name
-        metrics.EVENTS_DLQ.labels(name, reason.split(":", maxsplit=1)[0]).inc()
-        self.log.warning("stream.bad_frame", reason=reason, size=len(raw))
-        seq = self.progress.track(None)
-        self._watch(seq, await self.deps.sink.send_dlq(
-            name, self.stream.platform, raw, reason, received_at=self.deps.wall(), binary=binary),
-            produced=False)
-
-    def _watch(self, seq: int, future: DeliveryFuture, produced: bool) -> None:
-        self._pending.add(future)
-
-        def done(f: DeliveryFuture) -> None:
-            self._pending.discard(f)
-            if not f.cancelled() and f.exception() is None:
-                self.progress.ack(seq)
-                if produced:
-                    metrics.EVENTS_PRODUCED.labels(self.stream.name).inc()
-                return
-            self.progress.fail(seq)
-            self._on_kafka_failure(f)
-
-        future.add_done_callback(done)
-
-    def _on_kafka_failure(self, future: DeliveryFuture) -> None:
-        error = "cancelled" if future.cancelled() else safe_error(future.exception() or Exception())
-        self.log.error("kafka.send_failed", error=error)
+    def _on_kafka_failure(self) -> None:
+        self._kafka_down = True  # the next attempt waits for Kafka first
         ws = self._ws
         if ws is not None and not self._kafka_failed and self._closer is None:
             # the platform replays it after a reconnect from the acknowledged prefix
@@ -303,7 +293,32 @@ class Session:
             self._closer = asyncio.get_running_loop().create_task(
                 ws.close(1000, "Reconnecting"))
 
-    def _on_first_event(self) -> None:
+    def _next_cap(self) -> int:
+        """The frame cap factor of this attempt: raised once after a 1009 (see ``wire``)."""
+        if not self._over_cap:
+            return HARD_CAP_FACTOR
+        self._over_cap = False
+        self.log.warning("ws.frame_cap_raised", max_size=self.settings.max_frame_bytes
+                         * RAISED_CAP_FACTOR)
+        return RAISED_CAP_FACTOR
+
+    async def _wait_for_kafka(self) -> bool:
+        """After a Kafka failure, connect again only once Kafka has taken what is in flight.
+
+        aiokafka's idempotent producer never expires a batch: it retries until the broker is
+        back. Reconnecting meanwhile would only have the platform replay into a producer that
+        cannot deliver, reconnect after reconnect. False if stopped while waiting.
+        """
+        self.log.warning("kafka.waiting", in_flight=self.delivery.in_flight)
+        if await self._stopping.race(self.delivery.drain()) is None:
+            return False
+        self._kafka_down = False
+        self.log.info("kafka.recovered")
+        return True
+
+    def _on_first_event(self, frame: Frame) -> None:
+        self._first_event = False
+        self._report_gap(self.gaps.first_event(frame.epoch))
         if self.policy.event():
             self.log.info("breaker.closed")
         metrics.BREAKER_STATE.labels(self.stream.name).set(0)
@@ -319,10 +334,15 @@ class Session:
         if self._dead:
             return close_codes.pong_timeout()
         if self._kafka_failed:
-            return Disposition(Action.RECONNECT, "kafka_error")
+            return close_codes.kafka_error()
         rcvd, sent = err.rcvd, err.sent
-        if sent is not None and sent.code == 1009:
-            await self._dead_letter(b"", "frame_over_hard_cap: websockets closed with 1009")
+        # websockets closed with 1009 itself: a frame over the hard cap (the server may not
+        # even echo the close), so the cause is ours, whatever came back
+        self._over_cap = sent is not None and sent.code == 1009
+        if self._over_cap:
+            await self.delivery.dead_letter(
+                b"", "frame_over_hard_cap: websockets closed with 1009")
+            rcvd = sent
         disposition = close_codes.classify_close(rcvd.code if rcvd else None,
                                                  rcvd.reason if rcvd else "")
         if disposition.auth:
@@ -352,57 +372,21 @@ class Session:
         self.log.info("ws.reconnect_scheduled", cause=disposition.cause,
                       delay_s=round(plan.delay_s, 3), attempts=plan.attempts,
                       floor_s=disposition.floor_s)
-        await self._sleep(plan.delay_s)
+        await self._stopping.sleep(plan.delay_s)
         metrics.BACKOFF_CURRENT.labels(name).set(0)
 
-    async def _settle(self) -> None:
-        """Give sends still in flight a bounded time, so the resume point replays less."""
-        pending = [f for f in self._pending if not f.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=self.settings.close_timeout_s)
-
-    def _check_gap(self, resume: str | None) -> None:
+    def _report_gap(self, gap: Gap | None) -> None:
         """Contract §2: a resume point older than retention loses events; report, not hide."""
-        if resume is None or resume == self._gap_reported:
+        if gap is None:
             return
-        now = self.deps.wall()
-        self.note_resume(resume, now)
-        since = parse_timestamp(resume) if self.platform.resume_param == "since" else None
-        basis = since if since is not None else self._resume_seen[1]
-        if now - basis > self.retention_s:
-            self._gap_reported = resume
-            metrics.GAPS.labels(self.stream.name).inc()
-            self.log.error("stream.gap", resume=resume, age_s=round(now - basis, 3),
-                           retention_s=self.retention_s)
+        metrics.GAPS.labels(self.stream.name).inc()
+        self.log.error("stream.gap", rule=gap.rule, resume=gap.resume,
+                       age_s=None if gap.age_s is None else round(gap.age_s, 3),
+                       retention_s=self.retention_s,
+                       anchor=None if gap.anchor is None else rfc3339(gap.anchor),
+                       first=None if gap.first is None else rfc3339(gap.first))
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _sleep(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds unless stopped first; True when the full delay passed."""
-        if delay <= 0:
-            return not self._stopping.is_set()
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        except TimeoutError:
-            return True
-        return False
-
-    async def _race(self, awaitable: Awaitable[T]) -> T | None:
-        """``awaitable``'s result, or None if a stop came first (the work is cancelled)."""
-        loop = asyncio.get_running_loop()
-        work: asyncio.Future[T] = asyncio.ensure_future(awaitable)
-        stopper = loop.create_task(self._stopping.wait())
-        try:
-            racers: set[asyncio.Future[object]] = {work, stopper}  # type: ignore[arg-type]
-            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-        if work.cancelled():
-            return None
-        return work.result()
-
     def _fail(self, disposition: Disposition) -> None:
         self.fatal = disposition.detail or disposition.cause
         metrics.STREAM_FAILED.labels(self.stream.name).set(1)

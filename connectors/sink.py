@@ -17,11 +17,14 @@ import base64
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, RecordTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from connectors import records
 from connectors.config import KafkaSettings, TopicNames
 from connectors.platforms import Frame
 from connectors.records import Headers
+from connectors.topics import max_record_bytes, topic_config
 
 # a DLQ record must fit in a Kafka request (1 MiB by default): longer frames are cut, and the
 # reason says so (the frame's head is what an operator needs to see what was sent)
@@ -31,27 +34,57 @@ DeliveryFuture = asyncio.Future[Any]
 
 
 class KafkaSink:
-    def __init__(self, kafka: KafkaSettings, topics: TopicNames) -> None:
+    def __init__(self, kafka: KafkaSettings, topics: TopicNames,
+                 max_frame_bytes: int | None = None) -> None:
         self.kafka = kafka
         self.topics = topics
+        # a frame the connector accepts must fit in one request: aiokafka checks each record
+        # against max_request_size, whose default (1 MiB) is below a 1 MiB frame plus headers
+        self.max_request_bytes = (1_048_576 if max_frame_bytes is None
+                                  else max_record_bytes(max_frame_bytes))
+        # the largest raw record the topic takes (its max.message.bytes, read at start):
+        # a larger record would be refused with its whole batch, innocent neighbours included,
+        # so it is refused here, before it joins a batch, and diverted to the DLQ (``delivery``)
+        self.raw_limit = self.max_request_bytes
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaSink.start() was not called")
+        return self._producer
+
+    async def start(self) -> None:
+        await self.refresh_limits()
+        kafka = self.kafka
         self._producer = AIOKafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers,
             client_id=kafka.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=int(kafka.linger_ms),
-            max_batch_size=kafka.max_batch_bytes,
+            # a batch larger than the topic's limit is refused whole
+            max_batch_size=max(1024, min(kafka.max_batch_bytes, self.raw_limit)),
+            max_request_size=self.max_request_bytes,
             request_timeout_ms=int(kafka.request_timeout_s * 1000),
         )
-
-    async def start(self) -> None:
         await self._producer.start()
 
+    async def refresh_limits(self) -> None:
+        """Read the raw topic's ``max.message.bytes`` (kept as it was if it cannot be read)."""
+        try:
+            config = await topic_config(self.kafka.bootstrap_servers, self.topics.raw)
+            limit = int(config["max.message.bytes"])
+        except (KafkaError, KeyError, ValueError, OSError):
+            return
+        self.raw_limit = min(self.max_request_bytes, limit)
+
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def flush(self) -> None:
-        await self._producer.flush()
+        await self.producer.flush()
 
     async def send_event(self, stream: str, platform: str, frame: Frame,
                          received_at: float) -> DeliveryFuture:
@@ -63,8 +96,12 @@ class KafkaSink:
         ]
         if frame.cursor is not None:
             headers.append((records.H_CURSOR, frame.cursor.encode()))
-        future: DeliveryFuture = await self._producer.send(
-            self.topics.raw, value=frame.raw, key=frame.correlation_id.encode(), headers=headers,
+        key = frame.correlation_id.encode()
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, frame.raw, headers)
+        if size > self.raw_limit:
+            raise RecordTooLargeError(f"{size} bytes > {self.raw_limit} (the raw topic's limit)")
+        future: DeliveryFuture = await self.producer.send(
+            self.topics.raw, value=frame.raw, key=key, headers=headers,
         )
         return future
 
@@ -78,13 +115,13 @@ class KafkaSink:
             (records.H_DLQ_REASON, reason.encode()),
             (records.H_DLQ_ENCODING, encoding.encode()),
         ]
-        future: DeliveryFuture = await self._producer.send(
+        future: DeliveryFuture = await self.producer.send(
             self.topics.dlq, value=value, key=stream.encode(), headers=headers,
         )
         return future
 
     async def send_cursor(self, stream: str, value: bytes) -> DeliveryFuture:
-        future: DeliveryFuture = await self._producer.send(
+        future: DeliveryFuture = await self.producer.send(
             self.topics.cursors, value=value, key=stream.encode(),
         )
         return future

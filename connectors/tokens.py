@@ -73,6 +73,9 @@ class Token:
         return now < self.due
 
 
+CERT_ERROR = "certificate_verify_failed"
+
+
 class TokenError(Exception):
     """The token endpoint refused or failed; never carries a token or secret."""
 
@@ -163,6 +166,10 @@ class TokenManager:
         labels = {"credential": self.client_id, "grant": grant}
         try:
             status, body, retry_after = await self._post({"grant_type": grant, **extra})
+        except aiohttp.ClientConnectorCertificateError:
+            # not retriable: the same certificate fails the same way on every attempt
+            metrics.TOKEN_REFRESHES.labels(**labels, outcome=CERT_ERROR).inc()
+            raise TokenError(self.client_id, None, CERT_ERROR, retriable=False) from None
         except (aiohttp.ClientError, TimeoutError) as err:
             metrics.TOKEN_REFRESHES.labels(**labels, outcome="error").inc()
             raise TokenError(self.client_id, None, type(err).__name__, retriable=True) from None

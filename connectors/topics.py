@@ -23,13 +23,27 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
+# room for the key, the contract's headers and the record overhead around a frame's bytes
+RECORD_HEADROOM_BYTES = 64 * 1024
+
+
+def max_record_bytes(max_frame_bytes: int) -> int:
+    """The largest raw/clean record ccstream writes: a frame of the largest accepted size plus
+    its key and headers. The producer's ``max_request_size`` and the topics'
+    ``max.message.bytes`` are sized from it, so that an accepted frame is never refused by Kafka
+    (Kafka's default, 1 MiB, is smaller than a 1 MiB frame plus headers)."""
+    return max_frame_bytes + RECORD_HEADROOM_BYTES
+
+
 def contract_topics(config: Config) -> list[TopicSpec]:
     """The four topics of the contract, sized from ``[kafka]``."""
     k, t = config.kafka, config.topics
     min_isr = {"min.insync.replicas": "2"} if k.replication_factor >= 3 else {}
+    sized = {**min_isr,
+             "max.message.bytes": str(max_record_bytes(config.connector.max_frame_bytes))}
     return [
-        TopicSpec(t.raw, k.partitions, k.replication_factor, dict(min_isr)),
-        TopicSpec(t.clean, k.partitions, k.replication_factor, dict(min_isr)),
+        TopicSpec(t.raw, k.partitions, k.replication_factor, dict(sized)),
+        TopicSpec(t.clean, k.partitions, k.replication_factor, dict(sized)),
         TopicSpec(t.dlq, 1, k.replication_factor, dict(min_isr)),
         # one partition: the cursor topic is small, and one partition keeps start-up reads simple
         TopicSpec(t.cursors, 1, k.replication_factor, {"cleanup.policy": "compact", **min_isr}),

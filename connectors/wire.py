@@ -14,6 +14,9 @@ them out. Choices, each forced by a contract rule:
 * ``max_size`` is a hard cap of ``HARD_CAP_FACTOR`` x the configured frame limit: frames between
   the limit and the cap reach the DLQ (cut, see ``sink.dlq_value``); only a frame above the cap
   makes websockets close with 1009, which the session reports as a DLQ record without bytes.
+  The platform replays that frame after the reconnect (it was never acknowledged), so the next
+  attempt reads with ``RAISED_CAP_FACTOR`` (still bounded): the frame then reaches the DLQ with
+  its bytes and the stream gets past it, instead of closing with 1009 forever.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from connectors.keepalive import Beat, KeepAlive
 from connectors.logs import BoundLogger
 
 HARD_CAP_FACTOR = 4
+RAISED_CAP_FACTOR = 64
 _TOKEN_IN_TEXT = re.compile(r"(access_token|refresh_token|token)=[^&\s'\"]+")
 
 
@@ -76,6 +80,10 @@ class TypedConnection(ClientConnection):
         return data, self.binary.popleft() if self.binary else False
 
 
+TLS_HINT = ("set ca_file to the bundle of the CA that signed it "
+            "(insecure_skip_verify = true turns verification off: tests only)")
+
+
 def tls_context(stream: StreamConfig, log: BoundLogger) -> ssl.SSLContext | None:
     """Certificates are verified by default; switching it off is explicit and logged loudly."""
     if not stream.url.startswith("wss://") and not stream.token_url.startswith("https://"):
@@ -89,15 +97,15 @@ def tls_context(stream: StreamConfig, log: BoundLogger) -> ssl.SSLContext | None
 
 
 async def open_connection(url: str, *, max_frame_bytes: int, open_timeout_s: float,
-                          close_timeout_s: float, context: ssl.SSLContext | None
-                          ) -> TypedConnection:
+                          close_timeout_s: float, context: ssl.SSLContext | None,
+                          cap_factor: int = HARD_CAP_FACTOR) -> TypedConnection:
     kwargs: dict[str, Any] = {}
     if url.startswith("wss://") and context is not None:
         kwargs["ssl"] = context
     ws = await connect(
         url, create_connection=TypedConnection, ping_interval=None, ping_timeout=None,
         open_timeout=open_timeout_s, close_timeout=close_timeout_s,
-        max_size=max_frame_bytes * HARD_CAP_FACTOR, max_queue=64, compression=None,
+        max_size=max_frame_bytes * cap_factor, max_queue=64, compression=None,
         logger=WS_LOGGER, **kwargs,
     )
     assert isinstance(ws, TypedConnection)

@@ -78,6 +78,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        line = known_failure(err)
+        if line is None:
+            raise  # a defect: keep the traceback
+        print(f"ccstream {args.command}: {line}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def known_failure(err: BaseException) -> str | None:
+    """One line for failures of the environment (not of ccstream) at start-up, naming the key."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    if isinstance(err, KafkaConnectionError | KafkaTimeoutError):
+        return f"kafka.bootstrap_servers: cannot reach Kafka ({err})"
+    return None
 
 
 def entry() -> None:

@@ -16,7 +16,13 @@ from connectors import cursor_store, records
 from connectors.config import Config, parse
 from connectors.platforms import adapter_for
 from connectors.sink import KafkaSink
-from connectors.topics import contract_topics, ensure_topics, partition_count
+from connectors.topics import (
+    contract_topics,
+    ensure_topics,
+    max_record_bytes,
+    partition_count,
+    topic_config,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -67,9 +73,13 @@ def dedup_keys(raw_records: list[Any]) -> set[str]:
 
 async def test_sink_writes_contract_records_and_dlq(bootstrap: str, topic_prefix: str) -> None:
     """Raw records are keyed by correlationId with verbatim bytes and headers; bad frames reach
-    the DLQ keyed by stream with their reason."""
+    the DLQ keyed by stream with their reason; raw and clean take a frame of max_frame_bytes
+    with its headers."""
     config = make_config(bootstrap, topic_prefix, [])
     await ensure_topics(bootstrap, contract_topics(config))
+    for topic in (config.topics.raw, config.topics.clean):
+        limit = int((await topic_config(bootstrap, topic))["max.message.bytes"])
+        assert limit == max_record_bytes(config.connector.max_frame_bytes)
     sink = KafkaSink(config.kafka, config.topics)
     await sink.start()
     try:
@@ -109,8 +119,8 @@ async def test_cursor_store_reads_back_the_latest_value_per_stream(
             await (await sink.send_cursor(stream, cursor_store.encode(
                 "genesys" if stream == "g" else "nice", param, value, 1705314600.0)))
         await (await sink.send_cursor("gone", cursor_store.encode("nice", "cursor", "x", 0.0)))
-        await (await sink._producer.send(config.topics.cursors, value=None, key=b"gone"))
-        await (await sink._producer.send(config.topics.cursors, value=b"junk", key=b"junk"))
+        await (await sink.producer.send(config.topics.cursors, value=None, key=b"gone"))
+        await (await sink.producer.send(config.topics.cursors, value=b"junk", key=b"junk"))
     finally:
         await sink.stop()
     stored = await cursor_store.load(bootstrap, config.topics.cursors)

@@ -1,24 +1,32 @@
 """Pure tests of the connector's policies: backoff, salting, rate limit, breaker, retry window,
-close codes, keep-alive clock, token math and resume-point tracking (no I/O, milliseconds)."""
+close codes, keep-alive clock, token math, resume-point tracking, stop requests and record sizes
+(no I/O, milliseconds)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import random
 
 import orjson
 import pytest
+from aiokafka.errors import RecordTooLargeError
 
 from connectors.backoff import Backoff, salted_random
 from connectors.breaker import TRANSITIONS, Breaker, BreakerState, BreakerTransitionError
 from connectors.close_codes import Action, classify_close, classify_handshake
+from connectors.config import KafkaSettings, TopicNames
 from connectors.keepalive import Beat, KeepAlive
+from connectors.platforms import adapter_for
 from connectors.progress import CursorProgress, SinceProgress
 from connectors.ratelimit import TokenBucket
 from connectors.records import rfc3339
 from connectors.retry import ReconnectPolicy, RetryWindow
+from connectors.sink import KafkaSink
+from connectors.stopping import Stopping
 from connectors.tokens import expires_at, jwt_exp, refresh_at
+from connectors.topics import max_record_bytes
 
 
 def fixed(value: float):
@@ -294,3 +302,32 @@ def test_genesys_rewind_covers_a_failed_send_older_than_the_prefix() -> None:
     p.fail(b)
     assert p.rewind() == rfc3339(150.0)
     assert p.resume_point() == rfc3339(150.0)
+
+
+# -- stopping, record sizes ------------------------------------------------------------------------
+async def test_a_stop_ends_sleeps_and_races_at_once() -> None:
+    """A stop request ends a pending sleep (False) and cancels raced work (None)."""
+    stopping = Stopping()
+    assert await stopping.sleep(0.0) is True
+    assert await stopping.race(asyncio.sleep(0, result="done")) == "done"
+    never = asyncio.get_running_loop().create_future()
+    sleeper = asyncio.ensure_future(stopping.sleep(3600))
+    racer = asyncio.ensure_future(stopping.race(never))
+    await asyncio.sleep(0)
+    stopping.set()
+    assert await sleeper is False and await racer is None
+    assert never.cancelled()
+
+
+async def test_an_event_larger_than_the_raw_topic_takes_is_refused_before_batching() -> None:
+    """The sink refuses a record over the raw topic's limit itself (it would fail its whole
+    batch at the broker), and sizes the producer's request limit from max_frame_bytes."""
+    sink = KafkaSink(KafkaSettings(bootstrap_servers="127.0.0.1:1"), TopicNames(),
+                     max_frame_bytes=1_048_576)
+    assert sink.max_request_bytes == max_record_bytes(1_048_576) > 1_048_576 + 1024
+    sink.raw_limit = 2000
+    raw = orjson.dumps({"eventType": "t", "correlationId": "c", "eventBody": {"p": "x" * 3000},
+                        "timestamp": "2024-01-15T10:30:00.000Z"})
+    frame = adapter_for("genesys").parse(raw, False, 1_048_576)
+    with pytest.raises(RecordTooLargeError):
+        await sink.send_event("g", "genesys", frame, 0.0)

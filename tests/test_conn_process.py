@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from test_conn_kafka import FAST_CONNECTOR, dedup_keys, read_all
 from test_conn_session import SECRET, until
 
@@ -130,3 +131,71 @@ async def test_kill_9_and_restart_loses_nothing(
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), GRACE_S + 10) == 0
         assert await everything_in_raw(bootstrap, topic_prefix, sim)
+
+
+class CloseIgnoringPlatform:
+    """A Genesys-flavoured endpoint that sends one event, then never answers a close frame:
+    a connector's graceful shutdown waits on it for ``close_timeout_s``."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def token(self, _: web.Request) -> web.Response:
+        return web.json_response({"access_token": "opaque-test-token", "expires_in": 3600})
+
+    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoclose=False, autoping=False)
+        await ws.prepare(request)
+        await ws.send_str('{"eventType": "test.one", "correlationId": "c1", '
+                          '"timestamp": "2024-01-15T10:30:00.000Z", "eventBody": {}}')
+        self.opened.set()
+        await asyncio.sleep(3600)  # never reads: no close frame goes back
+        return ws
+
+    async def __aenter__(self) -> CloseIgnoringPlatform:
+        app = web.Application()
+        app.router.add_post("/oauth/token", self.token)
+        app.router.add_get("/api/v2/analytics/events", self.stream)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_second_signal_exits_at_once(
+        bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """A second SIGTERM while the graceful shutdown still waits (here on a platform that
+    never answers the close frame) exits at once, saying so, without waiting for the rest."""
+    async with CloseIgnoringPlatform() as platform:
+        connector_settings = {**FAST_CONNECTOR, "close_timeout_s": 60.0, "grace_period_s": 90.0}
+        config = tmp_path / "c.toml"
+        config.write_text("\n".join([
+            f'[kafka]\nbootstrap_servers = "{bootstrap}"\npartitions = 1\n',
+            f'[topics]\nraw = "{topic_prefix}.raw"\nclean = "{topic_prefix}.clean"\n'
+            f'cursors = "{topic_prefix}.cursors"\ndlq = "{topic_prefix}.dlq"\n',
+            "[connector]", *(f"{k} = {toml_value(v)}" for k, v in connector_settings.items()),
+            '\n[[streams]]\nname = "hang"\nplatform = "genesys"\n'
+            f'url = "ws://127.0.0.1:{platform.port}/api/v2/analytics/events"\n'
+            f'token_url = "http://127.0.0.1:{platform.port}/oauth/token"\n'
+            'client_id = "c"\nclient_secret_env = "TEST_CONN_SECRET"\n']))
+        log = tmp_path / "connector.log"
+        async with connector(config, log) as proc:
+            await asyncio.wait_for(platform.opened.wait(), 60)
+            await until(lambda: "ws.connected" in log.read_text(), timeout=30)
+            proc.send_signal(signal.SIGTERM)
+            await until(lambda: "connector.stopping" in log.read_text(), timeout=10)
+            # still shutting down: the close handshake has 60 s and gets no answer
+            assert proc.returncode is None
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 10)
+        assert code == 128 + signal.SIGTERM.value
+        assert "connector.forced_exit" in log.read_text()
+        assert "connector.stopped" not in log.read_text()

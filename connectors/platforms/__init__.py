@@ -41,6 +41,11 @@ class Frame:
     epoch: float | None = None    # Genesys: the event's timestamp, for the ``since`` watermark
     reason: str = ""              # BAD: why (the DLQ reason header)
 
+    @property
+    def position(self) -> str | float | None:
+        """What ``Progress`` folds into a resume point: the cursor (NICE) or the timestamp."""
+        return self.cursor if self.cursor is not None else self.epoch
+
 
 class PlatformAdapter(Protocol):
     name: Platform

@@ -19,6 +19,7 @@ from connectors.platforms import (
     stream_params,
     with_query,
 )
+from connectors.platforms.genesys import parse_timestamp
 from connectors.progress import CursorProgress, Progress
 from connectors.records import dedup_key
 
@@ -45,6 +46,9 @@ class Nice:
             FrameKind.EVENT, raw, correlation_id=doc["correlationId"],
             dedup_key=dedup_key(doc["eventType"], doc["correlationId"], doc["timestamp"]),
             cursor=doc["cursor"],
+            # only for gap detection (connectors/gaps.py): the cursor is the resume point, so
+            # an unreadable timestamp is not bad input here
+            epoch=parse_timestamp(doc["timestamp"]),
         )
 
     def progress(self, resume: str | None, lateness_s: float) -> Progress:
