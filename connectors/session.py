@@ -109,6 +109,8 @@ class Session:
         self._stopping = Stopping()
         self._ws: TypedConnection | None = None
         self._closer: asyncio.Task[None] | None = None
+        # sockets left behind by a planned reconnect, still finishing their close handshake
+        self._retiring: set[asyncio.Task[None]] = set()
         self._dead = False
         self._kafka_failed = False  # on this connection
         self._kafka_down = False    # since then, until what was in flight is delivered
@@ -151,6 +153,8 @@ class Session:
                     return
                 await self._after(disposition)
         finally:
+            if self._retiring:
+                await asyncio.wait(self._retiring, timeout=self.settings.close_timeout_s)
             if self.status is not StreamStatus.FAILED:
                 self._set(StreamStatus.STOPPED)
             metrics.BACKOFF_CURRENT.labels(self.stream.name).set(0)
@@ -248,7 +252,9 @@ class Session:
             return await self._pump(ws, token)
         finally:
             closer = self._closer
-            if closer is not None:
+            if closer is not None and closer in self._retiring:
+                pass  # a planned reconnect does not wait for the old socket's close handshake
+            elif closer is not None:
                 await asyncio.gather(closer, return_exceptions=True)
             else:
                 await ws.close()
@@ -271,7 +277,12 @@ class Session:
                 frame = self.platform.parse(data, binary, self.settings.max_frame_bytes)
                 if frame.kind is FrameKind.CLOSING:
                     self.log.info("ws.closing_notice")
-                    await ws.close(1000, "Planned reconnect")
+                    # the close frame goes out now; its handshake may queue behind frames the
+                    # server still sends, so it finishes in the background while we reconnect
+                    self._closer = asyncio.get_running_loop().create_task(
+                        ws.close(1000, "Planned reconnect"))
+                    self._retiring.add(self._closer)
+                    self._closer.add_done_callback(self._retiring.discard)
                     return close_codes.closing_notice()
                 if frame.kind is FrameKind.EVENT and self._first_event:
                     self._on_first_event(frame)
