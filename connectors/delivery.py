@@ -57,6 +57,11 @@ class Delivery:
         self.on_failure = on_failure
         self._pending: set[asyncio.Future[object]] = set()
         self.last_event = wall()  # wall time of the last event (of the start, before one)
+        # this stream's metric children, looked up once (a labels() call per event is costly)
+        name = stream.name
+        self._events_in = metrics.EVENTS_IN.labels(name)
+        self._last_event_ts = metrics.LAST_EVENT_TS.labels(name)
+        self._produced = metrics.EVENTS_PRODUCED.labels(name)
 
     async def handle(self, frame: Frame) -> None:
         """An event goes to the raw topic, a heartbeat is counted, bad input goes to the DLQ."""
@@ -69,8 +74,8 @@ class Delivery:
 
     async def event(self, frame: Frame) -> None:
         name, wall = self.stream.name, self.wall()
-        metrics.EVENTS_IN.labels(name).inc()
-        metrics.LAST_EVENT_TS.labels(name).set(wall)
+        self._events_in.inc()
+        self._last_event_ts.set(wall)
         self.last_event = wall
         late = self.progress.late
         seq = self.progress.track(frame.position, frame.epoch)
@@ -128,7 +133,7 @@ class Delivery:
             if not f.cancelled() and error is None:
                 self.progress.ack(seq)
                 if frame is not None:
-                    metrics.EVENTS_PRODUCED.labels(self.stream.name).inc()
+                    self._produced.inc()
                 return
             self._failed(seq, error)
             if isinstance(error, TOO_LARGE):
