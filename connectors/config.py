@@ -130,7 +130,7 @@ class StreamConfig(_Section):
 class DedupSettings(_Section):
     app_id: str = "ccstream-dedup"
     # sized for ~230 events/s per partition (20 M events per partition per 24 h window), see
-    # pipeline/dedup/README.md "Dedup guarantee"; expected_events_per_window is per partition
+    # README.md "The dedup pipeline"; expected_events_per_window is per partition
     window_s: float = Field(86_400.0, gt=0)
     generations: int = Field(3, ge=2)
     expected_events_per_window: int = Field(20_000_000, ge=1000)

@@ -18,6 +18,7 @@ even by ``kill -9``, so an interrupted run leaves no broker behind.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import fcntl
 import os
@@ -116,7 +117,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _tie_to_parent() -> None:
+def tie_to_parent() -> None:
     """Run in the child before exec: die with SIGKILL when the parent dies (Linux)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -281,7 +282,7 @@ class KafkaCluster:
             self._java(libs, node, "kafka.Kafka", str(node.data_dir / "server.properties")),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # only a prctl() call runs between fork and exec, so threads are no hazard here
-            preexec_fn=_tie_to_parent if self.tied else None,  # noqa: PLW1509
+            preexec_fn=tie_to_parent if self.tied else None,  # noqa: PLW1509
             start_new_session=not self.tied,
         )
         out.close()
@@ -392,7 +393,13 @@ def _metadata_brokers(bootstrap: str) -> int:
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(probe())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(probe())
+        # called from async code (a test, the demo): probe on a loop of its own, in a thread
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, probe()).result()
     finally:
         quiet.setLevel(level)
 

@@ -262,3 +262,49 @@ async def wait_until(predicate: Callable[[], Any], within_s: float,
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(interval)
+
+
+def pipeline_config(bootstrap: str, plans: Iterable[StreamPlan], *, urls: Mapping[str, str],
+                    token_url: str, prefix: str,
+                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                    per_platform: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The TOML of a connector + dedup worker pair on the simulator, topics under ``prefix``.
+
+    ``urls``: platform -> stream URL. ``overrides`` replace keys section by section (e.g. scaled
+    connector clocks); ``per_platform`` adds keys to the ``[[streams]]`` of a platform.
+    """
+    sections: dict[str, dict[str, Any]] = {
+        "kafka": {"bootstrap_servers": bootstrap, "partitions": 3},
+        "topics": {"raw": f"{prefix}.raw", "clean": f"{prefix}.clean",
+                   "cursors": f"{prefix}.cursors", "dlq": f"{prefix}.dlq"},
+        "connector": {},
+        "dedup": {"app_id": f"{prefix}-dedup", "window_s": 3600.0,
+                  "expected_events_per_window": 1_000_000},
+        "log": {"level": "INFO", "format": "json"},
+    }
+    for section, values in (overrides or {}).items():
+        sections.setdefault(section, {}).update(values)
+    streams = [
+        {"name": p.name, "platform": p.platform, "url": urls[p.platform], "token_url": token_url,
+         "client_id": p.client_id, "client_secret_env": p.secret_env,
+         **(per_platform or {}).get(p.platform, {})}
+        for p in plans
+    ]
+    return render_toml({k: v for k, v in sections.items() if v}, streams)
+
+
+def log_events(path: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a ccstream process whose event name is ``event``."""
+    found: list[dict[str, Any]] = []
+    if not path.exists():
+        return found
+    for line in path.read_bytes().splitlines():
+        if not line.startswith(b"{"):
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and doc.get("event") == event:
+            found.append(doc)
+    return found

@@ -115,6 +115,7 @@ class Sample:
     reconnects: int
     token_refreshes: int
     breakers_open: int
+    duplicates_removed: int
 
 
 @dataclass
@@ -157,13 +158,14 @@ class Timeline:
         bottom.set_ylabel("cumulative")
         bottom.set_xlabel("seconds since start")
         kinds = sorted({f.kind for f in self.faults})
-        colours = plt.get_cmap("tab10")
+        # faults get their own palette and dashes so they never read as one of the data lines
+        colours = plt.get_cmap("Dark2")
         for mark in self.faults:
-            colour = colours(kinds.index(mark.kind) % 10)
+            colour = colours(kinds.index(mark.kind) % 8)
             for axis in (top, bottom):
-                axis.axvline(mark.t, color=colour, alpha=0.35, linewidth=1)
+                axis.axvline(mark.t, color=colour, alpha=0.6, linewidth=1, linestyle="--")
         for i, kind in enumerate(kinds):
-            bottom.plot([], [], color=colours(i % 10), label=f"fault: {kind}")
+            bottom.plot([], [], color=colours(i % 8), linestyle="--", label=f"fault: {kind}")
         bottom.legend(loc="upper left", fontsize="small", ncol=2)
         fig.tight_layout()
         fig.savefig(path, dpi=100)

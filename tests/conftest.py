@@ -85,3 +85,32 @@ async def _sim_token(sim, client_id=SIM_CLIENT_ID, secret=SIM_SECRET):  # type: 
 def sim_token():  # type: ignore[no-untyped-def]
     """``await sim_token(sim, client_id=..., secret=...)``: an access token from a simulator."""
     return _sim_token
+
+
+# -- the chaos suite's table ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chaos_table(request: pytest.FixtureRequest) -> list[dict[str, object]]:
+    """Rows (scenario, events, missing, duplicated, recovery_s) printed at the end of the run."""
+    rows: list[dict[str, object]] = []
+    request.config.stash[_CHAOS_ROWS] = rows
+    return rows
+
+
+_CHAOS_ROWS = pytest.StashKey[list[dict[str, object]]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    rows = config.stash.get(_CHAOS_ROWS, [])
+    if not rows:
+        return
+    terminalreporter.section("chaos suite")
+    terminalreporter.write_line(f"{'scenario':42} {'events':>7} {'missing':>8} "
+                                f"{'duplicated':>10} {'recovery s':>10}")
+    for row in rows:
+        recovery = row["recovery_s"]
+        terminalreporter.write_line(
+            f"{row['scenario']!s:42} {row['events']!s:>7} {row['missing']!s:>8} "
+            f"{row['duplicated']!s:>10} {'-' if recovery is None else recovery!s:>10}")

@@ -1,0 +1,263 @@
+"""The Faust dedup worker: raw -> clean, each dedup key once, in Kafka transactions.
+
+Exactly once across crashes comes from faust ``processing_guarantee="exactly_once"``: one
+transactional producer per assigned raw partition (transactional id ``{app}-{group}-{p}``,
+faust/transport/consumer.py ``TransactionManager``), whose transaction also commits that
+partition's input offsets. For one raw partition ``p`` the agent writes, through *that*
+partition's producer: the clean records, the DLQ records and the changelog ops of the filter.
+So a batch's filter update, its clean records and its offset commit are one Kafka transaction:
+after a crash either all of them are visible (``read_committed``) or none, and the records are
+read and judged again against a filter rebuilt without them.
+
+Why not ``clean_topic.send()``: faust routes a send by the *destination* topic's partition and
+topic group, and the clean topic is not subscribed, so it has no group (KeyError); naming the
+input partition's transactional id is what ties the writes to the input offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import faust
+from faust.types import EventT
+
+from connectors import metrics
+from connectors.config import Config
+from connectors.logs import get_logger
+from connectors.records import H_DLQ_REASON, H_STREAM, Headers, header
+from pipeline.bloom import policy_for
+from pipeline.dedup import keys
+from pipeline.dedup.state import PartitionDedup, Verdict
+from pipeline.dedup.table import DedupTable
+
+log = get_logger("ccstream.dedup")
+# exit status when the worker stops itself rather than commit an unsafe state (see _die)
+EXIT_NO_COMMIT = 70
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The topics one worker uses and how many partitions they have (read at start)."""
+
+    raw: str
+    clean: str
+    dlq: str
+    changelog: str
+    raw_partitions: int
+    clean_partitions: int
+
+
+def changelog_retention_s(config: Config) -> float:
+    """Ops must outlive the oldest generation still in use: ``G`` rotation periods, plus the
+    margin for a worker that is down (its ops must still be there when it recovers)."""
+    d = config.dedup
+    return d.generations * d.window_s / (d.generations - 1) + d.changelog_retention_margin_s
+
+
+def build_app(config: Config, topo: Topology,
+              agent_type: type[DedupAgent] | None = None) -> tuple[faust.App, DedupTable]:
+    """The faust app with its table and agent; not started (``agent_type``: benchmarks)."""
+    d = config.dedup
+    datadir = d.data_dir or tempfile.mkdtemp(prefix="ccstream-dedup-")
+    app = faust.App(
+        d.app_id,
+        broker=[f"kafka://{s.strip()}" for s in config.kafka.bootstrap_servers.split(",")],
+        store="memory://",
+        processing_guarantee="exactly_once",
+        # faust's internal topics must be co-partitioned with the raw topic, whatever its size
+        topic_partitions=topo.raw_partitions,
+        topic_replication_factor=config.kafka.replication_factor,
+        topic_allow_declare=True,
+        table_standby_replicas=d.workers_standby_replicas,
+        broker_commit_interval=d.commit_interval_s,
+        broker_session_timeout=d.session_timeout_s,
+        broker_heartbeat_interval=max(0.1, d.session_timeout_s / 4),
+        broker_rebalance_timeout=max(2 * d.session_timeout_s, 5.0),
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,  # several workers share a host: no port 6066 clash
+        autodiscover=False,
+        datadir=str(Path(datadir)),
+        producer_linger=config.kafka.linger_ms / 1000.0,
+    )
+    policy = policy_for(d.window_s, d.generations, d.expected_events_per_window,
+                        d.false_positive_rate, d.memory_factor)
+    table = DedupTable(
+        app, source_topic=topo.raw, partitions=topo.raw_partitions,
+        factory=lambda: PartitionDedup(policy, strict=d.strict),
+        extra_topic_configs={"retention.ms": str(int(changelog_retention_s(config) * 1000))},
+    )
+    app.tables.add(table)
+    raw_topic = app.topic(topo.raw, key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+    agent = (agent_type or DedupAgent)(app, table, topo)
+    app.agent(raw_topic, name="ccstream-dedup")(agent.run)
+
+    async def gauges() -> None:
+        refresh_gauges(table)
+
+    app.timer(interval=5.0)(gauges)
+
+    return app, table
+
+
+class DedupAgent:
+    """The agent body: batches of raw events in, transactional writes out."""
+
+    def __init__(self, app: faust.App, table: DedupTable, topo: Topology) -> None:
+        self.app = app
+        self.table = table
+        self.topo = topo
+        # next raw offset expected per partition since the last rebalance (see _check_gap)
+        self.next_offset: dict[int, int] = {}
+        table.store.rebalance_listeners.append(self.next_offset.clear)
+
+    async def run(self, stream: Any) -> None:
+        # One event at a time, acked when the next one is asked for: its writes are appended
+        # to the transaction before its offset can commit. Not ``take_events``: under a
+        # rebalance it acked events that never reached this body (the two-worker failover
+        # test lost the first records of the partitions kept by the surviving worker).
+        async for event in stream.events():
+            await self.handle([event])
+
+    async def handle(self, events: Sequence[EventT[Any]]) -> None:
+        by_partition: dict[int, list[Any]] = {}
+        for event in events:
+            self._check_gap(int(event.message.partition), int(event.message.offset))
+            by_partition.setdefault(int(event.message.partition), []).append(event.message)
+        for partition, messages in by_partition.items():
+            outs = [out for m in messages if (out := self._judge(partition, m)) is not None]
+            state = self.table.store.partition_state(partition)
+            outs += [Out(self.topo.changelog, op, value, partition, None, None)
+                     for op, value in state.drain()]
+            await self._write(partition, outs)
+
+    def _check_gap(self, partition: int, offset: int) -> None:
+        """Stop if records of a partition were skipped between two deliveries.
+
+        The raw topic is written by an idempotent, non-transactional producer and never
+        compacted, so its offsets have no holes. Faust, however, treats any jump in fetched
+        offsets as a "gap" (meant for compaction and transaction markers) and later commits
+        past it (faust/transport/consumer.py ``_add_gap``/``_new_offset``); records it fetched
+        but dropped around a rebalance then count as done: lost. Stopping before the offset
+        after the hole is acked leaves the hole uncommitted; the restarted worker re-reads it.
+        """
+        expected = self.next_offset.get(partition)
+        if expected is not None and offset > expected:
+            _die("dedup.offset_gap", partition=partition, expected=expected, got=offset)
+        self.next_offset[partition] = max(offset + 1, expected or 0)
+
+    def _judge(self, partition: int, message: Any) -> Out | None:
+        """What one raw record becomes: a clean record, a DLQ record, or nothing (duplicate)."""
+        label = str(partition)
+        metrics.DEDUP_IN.labels(label).inc()
+        headers: Headers = [(k, bytes(v)) for k, v in (message.headers or ())]
+        key = keys.key_of(headers, message.value)
+        if isinstance(key, keys.Unkeyable):
+            metrics.DEDUP_DLQ.labels(key.reason).inc()
+            log.warning("dedup.dlq", partition=partition, offset=message.offset,
+                        reason=key.reason)
+            return Out(self.topo.dlq, header(headers, H_STREAM) or b"", message.value, None,
+                       message.timestamp, [*headers, (H_DLQ_REASON, key.reason.encode())])
+        state = self.table.store.partition_state(partition)
+        decision = state.decide(key, float(message.timestamp or 0.0))
+        if decision.rotated_to is not None:
+            _rotated(partition, state, decision.rotated_to)
+        if decision.verdict is Verdict.DUPLICATE:
+            metrics.DEDUP_DUPLICATES.labels(label).inc()
+            log.debug("dedup.duplicate", partition=partition, offset=message.offset,
+                      dedup_key=key.decode(errors="replace"))
+            return None
+        if decision.false_positive:
+            metrics.DEDUP_STRICT_FP.labels(label).inc()
+        metrics.DEDUP_FORWARDED.labels(label).inc()
+        return Out(self.topo.clean, message.key, message.value,
+                   partition % self.topo.clean_partitions, message.timestamp, headers)
+
+    async def _write(self, partition: int, outs: list[Out]) -> None:
+        """Append a partition's whole batch to that partition's transaction, atomically.
+
+        Faust commits a transaction (offsets + commit + begin next) under a per-transaction
+        lock, from another task. Holding that lock while appending means no commit can fall
+        between the batch's clean records and its changelog ops: they land in one transaction,
+        and its input offsets (acked only after this returns) in that or a later one. A commit
+        in between would make clean records visible whose ops and offsets are not: a crash
+        there duplicates them. (faust's ``Producer.send(transactional_id=...)`` takes the lock
+        per record, which is why the driver's producer is used directly.)
+        """
+        if not outs:
+            return
+        driver: Any = self.app.producer  # faust's aiokafka driver: its per-id producers and locks
+        group = self.app.assignor.group_for_topic(self.topo.raw)
+        transactional_id = f"{self.app.conf.id}-{group}-{partition}"
+        producer = driver._transaction_producers.get(transactional_id)
+        lock = driver._trn_locks.get(transactional_id)
+        if producer is None or lock is None:
+            _die("dedup.no_transaction", partition=partition, transactional_id=transactional_id)
+        try:
+            async with lock:
+                futures = [await producer.send(
+                    o.topic, o.value, key=o.key, partition=o.partition, headers=o.headers,
+                    timestamp_ms=None if o.timestamp is None else round(o.timestamp * 1000),
+                ) for o in outs]
+        except Exception as err:  # noqa: BLE001  # any failure: see _die
+            _die("dedup.send_failed", partition=partition, error=repr(err))
+        for fut in futures:
+            fut.add_done_callback(_log_send_failure)
+
+
+@dataclass(frozen=True)
+class Out:
+    """One record to append to the transaction."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+    timestamp: float | None
+    headers: Headers | None
+
+
+def _die(event: str, **fields: Any) -> NoReturn:
+    """Stop the process at once, committing nothing more.
+
+    An event is acked when the agent body moves on *or fails* (faust's stream acks it either
+    way), so raising here would let faust commit offsets of events whose output was never
+    appended: lost events. Exiting keeps the transaction open; Kafka aborts it when the
+    partition's next owner fences it, and that owner re-reads the events. The supervisor
+    (systemd, Kubernetes) restarts the worker.
+    """
+    log.error(event, **fields)
+    logging.shutdown()
+    os._exit(EXIT_NO_COMMIT)
+
+
+def _rotated(partition: int, state: PartitionDedup, generation: int) -> None:
+    label = str(partition)
+    metrics.DEDUP_ROTATIONS.labels(label).inc()
+    metrics.DEDUP_GENERATION.labels(label).set(generation)
+    metrics.FILTER_FILL.labels(label).set(state.bloom.fill_ratio())
+    metrics.FILTER_FP_RATE.labels(label).set(state.bloom.estimated_fp())
+    log.info("dedup.generation_rotated", partition=partition, generation=generation,
+             generations=list(state.bloom.filters),
+             stream_time=None if math.isinf(state.stream_time) else state.stream_time)
+
+
+def _log_send_failure(fut: asyncio.Future[Any]) -> None:
+    # the transaction then fails to commit and faust crashes the worker: nothing is committed
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("dedup.send_failed", error=repr(fut.exception()))
+
+
+def refresh_gauges(table: DedupTable) -> None:
+    """Per-partition fill ratio and estimated false-positive rate."""
+    for partition, state in list(table.store.partitions.items()):
+        metrics.FILTER_FILL.labels(str(partition)).set(state.bloom.fill_ratio())
+        metrics.FILTER_FP_RATE.labels(str(partition)).set(state.bloom.estimated_fp())

@@ -1,0 +1,191 @@
+"""The dedup state as a Faust table: one ``PartitionDedup`` per partition, changelogged as ops.
+
+Modelled on faust's ``ChangeloggedObjectManager`` (faust/tables/objects.py): a custom store whose
+per-partition object is the filter and whose ``apply_changelog_batch`` replays ops. Faust does
+the rest of what a table is for: it subscribes the changelog, recovers each newly assigned
+partition from it with ``read_committed`` before the agent sees that partition's records, keeps
+standby replicas, and moves partitions on rebalance.
+
+Why the agent, not this store, *writes* the ops: faust's own changelog path (``send_soon`` into
+the producer buffer) is not flushed before the transaction commits (faust/transport/consumer.py
+``_commit_offsets``), so a crash could commit an input offset whose ops are still buffered. The
+agent appends the ops to the partition's transactional producer itself, before the offsets are
+acked, which puts them in the same Kafka transaction as the clean records and the offsets.
+
+The changelog is *not* compacted (ops are not key/value updates) but deleted by age: its
+retention covers the oldest generation still in use, plus a margin for worker downtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import faust
+from faust.stores.base import Store
+from faust.types import TP, EventT
+
+from connectors import metrics
+from connectors.logs import get_logger
+from pipeline.dedup.state import PartitionDedup
+
+log = get_logger("ccstream.dedup")
+
+TABLE_NAME = "bloom"
+
+
+class DedupStore(Store[bytes, bytes]):
+    """Partition number -> ``PartitionDedup``; nothing is stored per key."""
+
+    def __init__(self, table: DedupTable, factory: Callable[[], PartitionDedup]) -> None:
+        super().__init__("memory://", table.app, table)
+        self.dedup_table = table
+        self.factory = factory
+        self.partitions: dict[int, PartitionDedup] = {}
+        self.recovered_ops: dict[int, int] = {}
+        self._recovery_started: dict[int, float] = {}
+        # called at every rebalance (the agent resets its per-partition offset tracking)
+        self.rebalance_listeners: list[Callable[[], None]] = []
+
+    def partition_state(self, partition: int) -> PartitionDedup:
+        found = self.partitions.get(partition)
+        if found is None:
+            found = self.partitions[partition] = self.factory()
+        return found
+
+    # -- recovery: faust feeds the changelog here ---------------------------------------------
+    def apply_changelog_batch(self, batch: Iterable[EventT[Any]], to_key: Callable[[Any], Any],
+                              to_value: Callable[[Any], Any]) -> None:
+        for event in batch:
+            message = event.message
+            partition = int(message.partition)
+            state = self.partition_state(partition)
+            state.apply(bytes(message.key or b""), bytes(message.value or b""))
+            self.recovered_ops[partition] = self.recovered_ops.get(partition, 0) + 1
+            metrics.DEDUP_RECOVERY_OPS.labels(str(partition)).inc()
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        raw = self.dedup_table.source_topic
+        # State is kept across a rebalance, never dropped here: a partition revoked from this
+        # worker was committed first (faust waits for in-flight events and commits before
+        # revoking, ``stream_wait_empty``), so its state equals its committed changelog; a
+        # standby promoted to active holds committed ops only (read_committed). Faust then
+        # replays the changelog from where it stands, and ops are idempotent. Partitions that
+        # end up neither active nor standby are dropped when recovery completes.
+        for listener in self.rebalance_listeners:
+            listener()
+        gained = sorted(tp.partition for tp in newly_assigned if tp.topic == raw)
+        lost = sorted(tp.partition for tp in revoked if tp.topic == raw)
+        now = time.monotonic()
+        for partition in gained:
+            self._recovery_started[partition] = now
+            metrics.DEDUP_RECOVERING.labels(str(partition)).set(1)
+        active = sorted(tp.partition for tp in assigned if tp.topic == raw)
+        if lost:
+            log.info("dedup.partitions_revoked", partitions=lost, generation=generation_id,
+                     active=active)
+        if gained or not lost:
+            # "partitions": taken over now (recovered from the changelog before use);
+            # "active": everything this worker owns after the rebalance
+            log.info("dedup.partitions_assigned", partitions=gained, generation=generation_id,
+                     active=active)
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        changelog = self.dedup_table.changelog_topic_name
+        keep = {tp.partition for tp in active_tps | standby_tps if tp.topic == changelog}
+        for partition in [p for p in self.partitions if p not in keep]:
+            del self.partitions[partition]
+        for partition, started in sorted(self._recovery_started.items()):
+            state = self.partitions.get(partition)
+            log.info("dedup.recovered", partition=partition,
+                     ops=self.recovered_ops.get(partition, 0),
+                     sha256=None if state is None else state_digest(state),
+                     generations=[] if state is None else list(state.bloom.filters),
+                     seconds=round(time.monotonic() - started, 3))
+            metrics.DEDUP_RECOVERING.labels(str(partition)).set(0)
+        self._recovery_started.clear()
+
+    # -- the StoreT surface faust calls; nothing is persisted locally --------------------------
+    def persisted_offset(self, tp: TP) -> int | None:
+        return None
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        return None
+
+    async def need_active_standby_for(self, tp: TP) -> bool:
+        return True
+
+    def reset_state(self) -> None:
+        self.partitions.clear()
+
+    async def backup_partition(self, tp: TP | int, flush: bool = True, purge: bool = False,
+                               keep: int = 1) -> None:
+        return None
+
+    def restore_backup(self, tp: TP | int, latest: bool = True, backup_id: int = 0) -> None:
+        return None
+
+    def __getitem__(self, key: Any) -> Any:
+        raise KeyError(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise NotImplementedError("the dedup table is written through its ops")
+
+    def __delitem__(self, key: Any) -> None:
+        raise NotImplementedError("the dedup table is written through its ops")
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+class DedupTable(faust.Table[bytes, bytes]):
+    """A changelogged table whose per-partition value is a ``PartitionDedup``."""
+
+    _changelog_compacting = False
+    _changelog_deleting = True
+
+    def __init__(self, app: faust.App, *, source_topic: str,
+                 factory: Callable[[], PartitionDedup], **kwargs: Any) -> None:
+        self.source_topic = source_topic
+        self._factory = factory
+        super().__init__(app, name=TABLE_NAME, key_type=bytes, value_type=bytes, **kwargs)
+
+    async def on_stop(self) -> None:
+        # a digest of every partition's filter at a clean stop: what a restart must rebuild
+        for partition, state in sorted(self.store.partitions.items()):
+            log.info("dedup.filter_digest", partition=partition, sha256=state_digest(state),
+                     generations=list(state.bloom.filters))
+        await super().on_stop()
+
+    def _new_store(self) -> DedupStore:
+        return DedupStore(self, self._factory)
+
+    @property
+    def store(self) -> DedupStore:
+        data = self.data
+        assert isinstance(data, DedupStore)
+        return data
+
+
+def state_digest(state: PartitionDedup) -> str:
+    """SHA-256 over every generation's id and bit array (and strict mode's exact keys)."""
+    h = hashlib.sha256()
+    for generation, bits in state.bloom.state():
+        h.update(generation.to_bytes(8, "little", signed=True))
+        h.update(bits)
+    if state.exact is not None:
+        for generation, bucket in state.exact.keys.items():
+            h.update(generation.to_bytes(8, "little", signed=True))
+            h.update(b"\n".join(sorted(bucket)))
+    return h.hexdigest()
+
+
+def changelog_topic_name(app_id: str) -> str:
+    """Faust's name for the table's changelog topic (``{app id}-{table}-changelog``)."""
+    return f"{app_id}-{TABLE_NAME}-changelog"
