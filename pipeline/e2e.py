@@ -239,6 +239,17 @@ class Verdict:
         }
 
 
+def emitted(ledger: Any) -> dict[str, str]:
+    """Every distinct event a simulator emitted, all streams: dedup key -> payload hash.
+
+    ``ledger``: ``Simulator.ledger`` (typed loosely so this module does not import the
+    simulator)."""
+    merged: dict[str, str] = {}
+    for stream in ledger.streams.values():
+        merged.update(stream.hashes)
+    return merged
+
+
 def compare(ledger: Mapping[str, str], clean: CleanView) -> Verdict:
     """``ledger``: dedup key -> payload hash of every distinct event emitted."""
     missing = [k for k in ledger if k not in clean.counts]

@@ -30,6 +30,7 @@ from pipeline.e2e import (
     StreamPlan,
     Verdict,
     compare,
+    emitted,
     log_events,
     pipeline_config,
     plan_streams,
@@ -63,10 +64,7 @@ class Chaos:
     emitted_at_disruption: dict[str, str] = field(default_factory=dict)
 
     def ledger(self) -> dict[str, str]:
-        merged: dict[str, str] = {}
-        for stream in self.sim.ledger.streams.values():
-            merged.update(stream.hashes)
-        return merged
+        return emitted(self.sim.ledger)
 
     def disrupted(self) -> None:
         """Mark now as the last disruption (for the recovery time)."""

@@ -13,17 +13,10 @@ import pytest
 
 from connectors.simulator import ClientSpec, SimSettings, Simulator
 from pipeline import devkafka
-from pipeline.e2e import compare, pipeline_config, plan_streams, read_topic
+from pipeline.e2e import compare, emitted, pipeline_config, plan_streams, read_topic
 from pipeline.progress import TopicTail
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _ledger(sim: Simulator) -> dict[str, str]:
-    merged: dict[str, str] = {}
-    for stream in sim.ledger.streams.values():
-        merged.update(stream.hashes)
-    return merged
 
 
 async def test_run_streams_dedups_and_stops_cleanly_on_sigterm(
@@ -51,7 +44,7 @@ async def test_run_streams_dedups_and_stops_cleanly_on_sigterm(
                 assert time.monotonic() < deadline, "no events reached clean"
                 await asyncio.sleep(0.3)
             sim.stop_generating()
-            ledger = _ledger(sim)
+            ledger = emitted(sim.ledger)
             while not all(k in clean.view.counts for k in ledger):
                 assert time.monotonic() < deadline + 30, "clean did not catch up"
                 await asyncio.sleep(0.3)

@@ -31,6 +31,7 @@ from pipeline.e2e import (
     ProcessGroup,
     StreamPlan,
     compare,
+    emitted,
     pipeline_config,
     plan_streams,
     read_topic,
@@ -188,13 +189,6 @@ async def _watch(run: DemoRun, http: aiohttp.ClientSession, until: float, phase:
         await asyncio.sleep(1.0)
 
 
-def _ledger(sim: Simulator) -> dict[str, str]:
-    merged: dict[str, str] = {}
-    for stream in sim.ledger.streams.values():
-        merged.update(stream.hashes)
-    return merged
-
-
 async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> int:
     plans = plan_streams(genesys=(args.streams + 1) // 2, nice=args.streams // 2)
     run_id = f"{int(time.time())}"
@@ -232,7 +226,7 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
             await run.clean.stop()
             await asyncio.to_thread(group.stop_all)
         final = await read_topic(bootstrap, topics["clean"])
-        verdict = compare(_ledger(sim), final)
+        verdict = compare(emitted(sim.ledger), final)
         return _report(run, verdict.to_json(), code, report_dir)
 
 
@@ -251,7 +245,7 @@ async def _drain(run: DemoRun, http: aiohttp.ClientSession) -> None:
 
     async def check() -> None:
         while not done.is_set():
-            ledger = _ledger(run.sim)
+            ledger = emitted(run.sim.ledger)
             if ledger and all(k in run.clean.view.counts for k in ledger):
                 done.set()
             await asyncio.sleep(0.5)
