@@ -20,7 +20,7 @@ pyinstrument and prints the top frames (``pip install pyinstrument`` into .venv;
 dependency).
 
     .venv/bin/python bench/bench_ingest.py [--events 100000] [--streams 1] [--rounds 2]
-        [--patched] [--profile]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -193,9 +193,6 @@ def run_round(kind: str, args: argparse.Namespace, bootstrap: str, port: int, si
         path.write_text(config_text(bootstrap, prefix, port, args.streams))
         asyncio.run(_prepare_connector(bootstrap, prefix, path, args.streams, since))
         argv = [sys.executable, "-m", "pipeline", "connect", "--config", str(path)]
-        if kind == "patched":
-            argv = [sys.executable, str(Path(__file__).parent / "_patched_connect.py"),
-                    "connect", "--config", str(path)]
         if kind == "profile":
             argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all",
                     "-o", str(args.profile_out), "-m", "pipeline", "connect",
@@ -204,11 +201,6 @@ def run_round(kind: str, args: argparse.Namespace, bootstrap: str, port: int, si
     try:
         seconds, cpu, sim_cpu, events = asyncio.run(
             measure(bootstrap, f"{prefix}.raw", expected, child, sim_pid, args.timeout))
-    except ClientExitedError as err:
-        if kind != "patched":
-            raise
-        print(f"  patched variant skipped: {err} (see {child.log_path})")
-        return None
     finally:
         child.stop()
     if events < expected * 0.99:
@@ -247,13 +239,6 @@ def report(rounds: list[Round], args: argparse.Namespace) -> None:
           f"ratio connector/bare = {conn_rate / bare_rate:.2f} (target >= 0.75)")
     print(f"median CPU per event: bare {bare_cpu:.1f} us, connector {conn_cpu:.1f} us; "
           f"ratio = {conn_cpu / bare_cpu:.2f}")
-    patched = [r for r in rounds if r.client == "patched"]
-    if patched:
-        rate = statistics.median(r.rate for r in patched)
-        cpu = statistics.median(r.cpu_us_per_event for r in patched)
-        print(f"with the proposed fixes (bench/_patched_connect.py): {rate:.0f} events/s, "
-              f"ratio to bare {rate / bare_rate:.2f}; CPU {cpu:.1f} us/event, "
-              f"ratio {cpu / bare_cpu:.2f}")
     print("sim CPU % near 100 means the simulator, not the client, set the pace")
     print("machine after:", h.machine())
 
@@ -265,9 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each client")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--patched", action="store_true",
-                        help="also run the connector with the proposed hot-path fixes "
-                        "(bench/_patched_connect.py)")
     parser.add_argument("--profile-out", type=Path,
                         default=Path(__file__).parent / "results" / "ingest_profile.txt")
     # bare-role options (the driver starts this file again with --role bare)
@@ -289,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sim, port = h.start_sim(children, work, clients=args.streams, rate=0.0,
                                     backlog=args.events)
-            kinds = (["bare", "connector"] + (["patched"] if args.patched else [])) * args.rounds
+            kinds = ["bare", "connector"] * args.rounds
             for index, kind in enumerate(kinds):
                 result = run_round(kind, args, bootstrap, port, sim.pid, work, index, children)
                 if result is not None:
