@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from connectors.simulator import ClientSpec, SimSettings, Simulator
 from pipeline import devkafka
 from pipeline.e2e import compare, emitted, pipeline_config, plan_streams, read_topic
-from pipeline.progress import TopicTail
+from pipeline.progress import TopicTail, scrape, total
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,13 +26,15 @@ async def test_run_streams_dedups_and_stops_cleanly_on_sigterm(
     """One process carries events to clean exactly once and exits 0 on SIGTERM after 1000 closes."""
     plans = plan_streams(1, 1)
     clients = tuple(ClientSpec(p.client_id, p.secret, platforms=(p.platform,)) for p in plans)
+    metrics_port = devkafka.free_port()
     async with Simulator(SimSettings(clients=clients, seed=3, rate=30.0)) as sim:
         config = tmp_path / "run.toml"
         config.write_text(pipeline_config(
             bootstrap, plans, urls={p: sim.stream_url(p) for p in ("genesys", "nice")},
             token_url=sim.token_url, prefix=topic_prefix,
             overrides={"connector": {"cursor_commit_interval_s": 0.3},
-                       "dedup": {"session_timeout_s": 4.0}}))
+                       "dedup": {"session_timeout_s": 4.0},
+                       "metrics": {"port": metrics_port}}))
         env = {**__import__("os").environ, **{p.secret_env: p.secret for p in plans}}
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -43,6 +46,17 @@ async def test_run_streams_dedups_and_stops_cleanly_on_sigterm(
                 assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
                 assert time.monotonic() < deadline, "no events reached clean"
                 await asyncio.sleep(0.3)
+            # one endpoint serves both halves: connector counters and the dedup worker's gauges
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{metrics_port}/metrics"
+                while True:
+                    found = await scrape(http, url)
+                    if (total(found, "ccstream_events_produced_total") > 0
+                            and total(found, "ccstream_dedup_forwarded_total") > 0
+                            and any(k.startswith("ccstream_consumer_lag") for k in found)):
+                        break
+                    assert time.monotonic() < deadline, f"metrics incomplete: {sorted(found)}"
+                    await asyncio.sleep(0.5)
             sim.stop_generating()
             ledger = emitted(sim.ledger)
             while not all(k in clean.view.counts for k in ledger):

@@ -102,6 +102,7 @@ def build_app(config: Config, topo: Topology,
 
     async def gauges() -> None:
         refresh_gauges(table)
+        await refresh_lag(app, topo.raw)
 
     app.timer(interval=5.0)(gauges)
 
@@ -254,6 +255,21 @@ def _log_send_failure(fut: asyncio.Future[Any]) -> None:
     # the transaction then fails to commit and faust crashes the worker: nothing is committed
     if not fut.cancelled() and fut.exception() is not None:
         log.error("dedup.send_failed", error=repr(fut.exception()))
+
+
+async def refresh_lag(app: faust.App, raw: str) -> None:
+    """``ccstream_consumer_lag``: records of each assigned raw partition not yet read."""
+    consumer = app.consumer
+    try:
+        for tp in consumer.assignment():
+            if tp.topic != raw:
+                continue
+            position = await consumer.position(tp)
+            highwater = consumer.highwater(tp)
+            if position is not None and highwater is not None:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - position))
+    except Exception as err:  # noqa: BLE001 - a gauge must never take the worker down
+        log.debug("dedup.lag_unavailable", error=repr(err))
 
 
 def refresh_gauges(table: DedupTable) -> None:
