@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from test_conn_fuzz import ScriptedServer
 from test_conn_kafka import FAST_CONNECTOR, dedup_keys, read_all
 from test_conn_session import SECRET, until
 
@@ -133,17 +134,15 @@ async def test_kill_9_and_restart_loses_nothing(
         assert await everything_in_raw(bootstrap, topic_prefix, sim)
 
 
-class CloseIgnoringPlatform:
+class CloseIgnoringPlatform(ScriptedServer):
     """A Genesys-flavoured endpoint that sends one event, then never answers a close frame:
     a connector's graceful shutdown waits on it for ``close_timeout_s``."""
 
-    def __init__(self) -> None:
-        self.opened = asyncio.Event()
-        self.runner: web.AppRunner | None = None
-        self.port = 0
+    shutdown_timeout_s = 0.5
 
-    async def token(self, _: web.Request) -> web.Response:
-        return web.json_response({"access_token": "opaque-test-token", "expires_in": 3600})
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
 
     async def stream(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoclose=False, autoping=False)
@@ -153,21 +152,6 @@ class CloseIgnoringPlatform:
         self.opened.set()
         await asyncio.sleep(3600)  # never reads: no close frame goes back
         return ws
-
-    async def __aenter__(self) -> CloseIgnoringPlatform:
-        app = web.Application()
-        app.router.add_post("/oauth/token", self.token)
-        app.router.add_get("/api/v2/analytics/events", self.stream)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def __aexit__(self, *_: Any) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
 
 
 async def test_second_signal_exits_at_once(
