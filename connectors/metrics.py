@@ -95,6 +95,16 @@ DEDUP_DUPLICATES = Counter(
     "ccstream_dedup_duplicates", "Events dropped as duplicates", ["partition"],
     registry=REGISTRY,
 )
+DEDUP_REDELIVERED = Counter(
+    "ccstream_dedup_redelivered",
+    "Raw records read again after a crash, already judged in a committed transaction (skipped)",
+    ["partition"], registry=REGISTRY,
+)
+DEDUP_SKIPPED_READ = Counter(
+    "ccstream_dedup_skipped_read_back",
+    "Raw records the consumer skipped (around a rebalance) that the agent read back itself",
+    ["partition"], registry=REGISTRY,
+)
 DEDUP_DLQ = Counter(
     "ccstream_dedup_dlq", "Raw records the dedup worker could not key", ["reason"],
     registry=REGISTRY,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
@@ -100,5 +101,19 @@ async def partition_count(bootstrap_servers: str, topic: str) -> int:
             if entry.get("topic") == topic and not entry.get("error_code"):
                 return len(entry.get("partitions", []))
         return 0
+    finally:
+        await admin.close()
+
+
+async def committed_offset(bootstrap_servers: str, group_id: str, topic: str,
+                           partition: int) -> int | None:
+    """The offset ``group_id`` has committed for one partition (None: it has none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        found = await admin.list_consumer_group_offsets(group_id, partitions=[tp])
+        meta = found.get(tp)
+        return None if meta is None or meta.offset < 0 else int(meta.offset)
     finally:
         await admin.close()

@@ -94,10 +94,6 @@ async def test_ten_kill_9_with_a_producer_writing_lose_and_duplicate_nothing(
     assert [k for k, n in counts.items() if n > 1] == []
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect (fails about 2 runs in 3): the first records of the partitions the first "
-    "worker keeps after the second joins are committed without ever reaching the agent (no "
-    "clean record, no changelog op, not even aborted ones); see README.md, Known limits"))
 async def test_two_workers_one_killed_survivor_takes_its_partitions(
         bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     """Two workers share the partitions; one is SIGKILLed mid-stream; the survivor logs taking

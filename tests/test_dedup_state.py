@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import bloom
 from pipeline.dedup import state
-from pipeline.dedup.state import PartitionDedup, Verdict
+from pipeline.dedup.state import PartitionDedup, Position, Verdict
 
 HOUR = 3600.0
 
@@ -65,12 +65,14 @@ def test_replaying_the_ops_rebuilds_the_filter_bit_for_bit(strict: bool) -> None
     ops: list[tuple[bytes, bytes]] = []
     for i in range(20_000):
         live.decide(_key(i % 15_000), i * 5.0)
+        live.judged(i)
         if i % 997 == 0:
             ops += live.drain()
     ops += live.drain()
     rebuilt = PartitionDedup(_policy(), strict=strict)
     rebuilt.apply_all(ops)
     assert rebuilt.bloom.state() == live.bloom.state()
+    assert rebuilt.next_offset == live.next_offset == 20_000
     if strict:
         assert rebuilt.exact is not None and live.exact is not None
         assert rebuilt.exact.keys == live.exact.keys
@@ -113,3 +115,31 @@ def test_strict_mode_never_drops_a_distinct_key() -> None:
     assert strict_drops == 0  # ...and strict mode confirms each one against the exact store
     assert caught > 1000
     assert strict.decide(_key(7), 2.0).verdict is Verdict.DUPLICATE
+
+
+def test_the_judged_position_is_state_and_classifies_each_offset() -> None:
+    """The input position travels with the ops: a rebuilt state skips what was judged and
+    refuses to jump over records that never reached it."""
+    live = PartitionDedup(_policy())
+    assert live.position(41) is Position.NEXT  # nothing judged yet: wherever faust starts
+    for offset in range(41, 45):
+        live.decide(_key(offset), 1.0)
+        live.judged(offset)
+    ops = live.drain()
+    assert ops[-1] == (state.OP_OFFSET, (45).to_bytes(8, "little"))
+    rebuilt = PartitionDedup(_policy())
+    rebuilt.apply_all(ops)
+    assert [rebuilt.position(o) for o in (43, 44, 45, 46)] == [
+        Position.JUDGED, Position.JUDGED, Position.NEXT, Position.GAP]
+
+
+def test_a_duplicate_still_moves_the_position() -> None:
+    """A dropped record writes no filter op, but its judgement (the O op) is recorded."""
+    d = PartitionDedup(_policy())
+    d.decide(_key(1), 1.0)
+    d.judged(0)
+    d.drain()
+    assert d.decide(_key(1), 2.0).verdict is Verdict.DUPLICATE
+    d.judged(1)
+    assert d.drain() == [(state.OP_OFFSET, (2).to_bytes(8, "little"))]
+

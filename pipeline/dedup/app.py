@@ -27,20 +27,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
-from faust.types import EventT
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP, EventT
 
 from connectors import metrics
 from connectors.config import Config
 from connectors.logs import get_logger
 from connectors.records import H_DLQ_REASON, H_STREAM, Headers, header
+from connectors.topics import committed_offset
 from pipeline.bloom import policy_for
 from pipeline.dedup import keys
-from pipeline.dedup.state import PartitionDedup, Verdict
+from pipeline.dedup.state import PartitionDedup, Position, Verdict
 from pipeline.dedup.table import DedupTable
 
 log = get_logger("ccstream.dedup")
 # exit status when the worker stops itself rather than commit an unsafe state (see _die)
 EXIT_NO_COMMIT = 70
+# how long reading back records faust skipped may take before the worker stops (see _skipped)
+GAP_READ_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def build_app(config: Config, topo: Topology,
     app.tables.add(table)
     raw_topic = app.topic(topo.raw, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
-    agent = (agent_type or DedupAgent)(app, table, topo)
+    agent = (agent_type or DedupAgent)(app, table, topo, config.kafka.bootstrap_servers)
     app.agent(raw_topic, name="ccstream-dedup")(agent.run)
 
     async def gauges() -> None:
@@ -112,13 +116,14 @@ def build_app(config: Config, topo: Topology,
 class DedupAgent:
     """The agent body: batches of raw events in, transactional writes out."""
 
-    def __init__(self, app: faust.App, table: DedupTable, topo: Topology) -> None:
+    def __init__(self, app: faust.App, table: DedupTable, topo: Topology,
+                 bootstrap: str) -> None:
         self.app = app
+        self.bootstrap = bootstrap  # for the group's committed offsets (see _start_of)
         self.table = table
         self.topo = topo
-        # next raw offset expected per partition since the last rebalance (see _check_gap)
-        self.next_offset: dict[int, int] = {}
-        table.store.rebalance_listeners.append(self.next_offset.clear)
+        # partitions whose redelivered records were already logged once (see _redelivered)
+        self._redelivery_logged: set[int] = set()
 
     async def run(self, stream: Any) -> None:
         # One event at a time, acked when the next one is asked for: its writes are appended
@@ -131,29 +136,102 @@ class DedupAgent:
     async def handle(self, events: Sequence[EventT[Any]]) -> None:
         by_partition: dict[int, list[Any]] = {}
         for event in events:
-            self._check_gap(int(event.message.partition), int(event.message.offset))
             by_partition.setdefault(int(event.message.partition), []).append(event.message)
         for partition, messages in by_partition.items():
-            outs = [out for m in messages if (out := self._judge(partition, m)) is not None]
             state = self.table.store.partition_state(partition)
+            outs: list[Out] = []
+            for message in messages:
+                offset = int(message.offset)
+                if state.position(offset) is Position.JUDGED:
+                    self._redelivered(partition, state, offset)
+                    continue
+                expected = state.next_offset
+                if expected is None:  # never judged here: where the group stands
+                    expected = await self._start_of(partition)
+                if offset > expected:
+                    for missed in await self._skipped(partition, expected, offset):
+                        outs += self._judged(partition, state, missed)
+                outs += self._judged(partition, state, message)
             outs += [Out(self.topo.changelog, op, value, partition, None, None)
                      for op, value in state.drain()]
             await self._write(partition, outs)
 
-    def _check_gap(self, partition: int, offset: int) -> None:
-        """Stop if records of a partition were skipped between two deliveries.
+    def _judged(self, partition: int, state: PartitionDedup, message: Any) -> list[Out]:
+        out = self._judge(partition, message)
+        state.judged(int(message.offset))
+        return [] if out is None else [out]
 
-        The raw topic is written by an idempotent, non-transactional producer and never
-        compacted, so its offsets have no holes. Faust, however, treats any jump in fetched
-        offsets as a "gap" (meant for compaction and transaction markers) and later commits
-        past it (faust/transport/consumer.py ``_add_gap``/``_new_offset``); records it fetched
-        but dropped around a rebalance then count as done: lost. Stopping before the offset
-        after the hole is acked leaves the hole uncommitted; the restarted worker re-reads it.
+    def _redelivered(self, partition: int, state: PartitionDedup, offset: int) -> None:
+        """A record below the judged position: judged in a committed transaction whose input
+        offsets were not committed (a crash between the two). Skipped, whatever the filter
+        would say."""
+        metrics.DEDUP_REDELIVERED.labels(str(partition)).inc()
+        if partition not in self._redelivery_logged:
+            self._redelivery_logged.add(partition)
+            log.info("dedup.redelivered_skipped", partition=partition, offset=offset,
+                     next_offset=state.next_offset)
+
+    async def _skipped(self, partition: int, start: int, end: int) -> list[Fetched]:
+        """The raw records in ``[start, end)`` that never reached this body, read back.
+
+        The input position is part of the filter's state: each judged record's ``O`` op goes
+        into the transaction that carries its clean record and filter ops, so
+        ``state.next_offset`` is exactly where the committed judgement stands, on this worker
+        or on whichever recovers the partition from the changelog. A record delivered past it
+        means faust skipped the ones in between: it drops records fetched across a rebalance
+        (stale generation id, faust/streams.py) without acking them, its fetcher drops records
+        below its read offset, and when it saw a jump it commits past it
+        (faust/transport/consumer.py ``_add_gap``/``_new_offset``). The two-worker failover
+        test lost the first records of the partitions a worker kept that way, 2 runs in 3.
+
+        So they are read here, with a consumer of our own (``read_committed``, like faust's),
+        and judged before the delivered record, in the same transaction. Offsets that hold no
+        record (a transactional producer's markers, retention) simply yield nothing. Seeking
+        faust's consumer back instead raced with its fetcher, which drops records below the
+        read offset of records it had already fetched.
         """
-        expected = self.next_offset.get(partition)
-        if expected is not None and offset > expected:
-            _die("dedup.offset_gap", partition=partition, expected=expected, got=offset)
-        self.next_offset[partition] = max(offset + 1, expected or 0)
+        tp = TopicPartition(self.topo.raw, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed",
+                                    auto_offset_reset="earliest")
+        found: list[Fetched] = []
+        try:
+            await consumer.start()
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            deadline = asyncio.get_running_loop().time() + GAP_READ_TIMEOUT_S
+            while await consumer.position(tp) < end:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"read {len(found)} records, stuck before {end}")
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                found += [Fetched.of(r) for r in batch.get(tp, []) if start <= r.offset < end]
+        except Exception as err:  # noqa: BLE001 - unread records must not be committed past
+            _die("dedup.skipped_unreadable", partition=partition, start=start, end=end,
+                 error=repr(err))
+        finally:
+            await consumer.stop()
+        # Faust never delivered (so never acks) these offsets and will not commit past an
+        # un-acked hole; marking them as a "gap" lets its offset commits go on once the record
+        # after them is acked (their writes are in the transaction before that ack).
+        faust_consumer: Any = self.app.consumer
+        await faust_consumer._add_gap(TP(self.topo.raw, partition), start, end - 1)
+        metrics.DEDUP_SKIPPED_READ.labels(str(partition)).inc(len(found))
+        log.warning("dedup.skipped_read_back", partition=partition, start=start, end=end,
+                    records=len(found))
+        return found
+
+    async def _start_of(self, partition: int) -> int:
+        """Where a partition without a judged position starts: the group's committed offset,
+        or the log start (faust's ``auto_offset_reset`` is ``earliest``)."""
+        tp = TP(self.topo.raw, partition)
+        try:
+            committed = await committed_offset(self.bootstrap, self.app.conf.id, tp.topic,
+                                               partition)
+            if committed is not None:
+                return committed
+            return int((await self.app.consumer.earliest_offsets(tp))[tp])
+        except Exception as err:  # noqa: BLE001 - unknown start: re-read rather than guess
+            _die("dedup.start_offset_unknown", partition=partition, error=repr(err))
 
     def _judge(self, partition: int, message: Any) -> Out | None:
         """What one raw record becomes: a clean record, a DLQ record, or nothing (duplicate)."""
@@ -212,6 +290,22 @@ class DedupAgent:
             _die("dedup.send_failed", partition=partition, error=repr(err))
         for fut in futures:
             fut.add_done_callback(_log_send_failure)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A raw record read back by the agent itself, shaped like faust's message (seconds)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp: float
+    offset: int
+
+    @classmethod
+    def of(cls, record: Any) -> Fetched:
+        return cls(record.key, record.value, [(k, bytes(v)) for k, v in record.headers or ()],
+                   record.timestamp / 1000.0, int(record.offset))
 
 
 @dataclass(frozen=True)

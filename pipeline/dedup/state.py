@@ -10,7 +10,13 @@ op     value                                       replay
 ``R``  generation (int64)                          ``rotate_to(generation)``
 ``A``  generation (int64) + N x 16-byte digests    set each digest's bits in that generation
 ``K``  generation (int64) + N x (u16 len + key)    strict mode: bits *and* exact key
+``O``  next raw offset (int64)                     ``next_offset = value``
 =====  ==========================================  ========================================
+
+The ``O`` op records how far the raw partition has been judged, in the same Kafka transaction
+as the judgement's other ops and clean records. It makes the input position part of the state:
+a record below it was judged in a committed transaction (skip it, whatever the filter says), a
+record above it means records in between never reached the agent (see ``Position``).
 
 Rotation is an op of its own (not derived from a clock at recovery), so replaying the ops in
 order rebuilds the filter bit for bit. Every op is idempotent and ``rotate_to`` is monotonic,
@@ -27,11 +33,12 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.bloom import DIGEST_BYTES, GenerationalBloom, GenerationPolicy, digest, halves
+from pipeline.bloom import DIGEST_BYTES, GenerationalBloom, GenerationPolicy, digest
 
 OP_ROTATE = b"R"
 OP_ADD = b"A"
 OP_ADD_KEYS = b"K"
+OP_OFFSET = b"O"
 _GEN = struct.Struct("<q")
 _LEN = struct.Struct("<H")
 # 4096 digests = 64 KiB per record: far below Kafka's 1 MiB, and one record per busy batch
@@ -41,6 +48,14 @@ MAX_OP_BYTES = 64 * 1024
 class Verdict(enum.Enum):
     FORWARD = "forward"
     DUPLICATE = "duplicate"
+
+
+class Position(enum.Enum):
+    """Where a raw record stands against the partition's judged position."""
+
+    NEXT = "next"  # the record to judge now (or the first one this state has ever seen)
+    JUDGED = "judged"  # already judged in a committed transaction: skip it
+    GAP = "gap"  # records before it were never judged: processing it would lose them
 
 
 @dataclass(frozen=True)
@@ -89,19 +104,32 @@ class PartitionDedup:
         self.bloom = GenerationalBloom(policy)
         self.exact = ExactWindow(policy.generations) if strict else None
         self.stream_time = float("-inf")
+        # the next raw offset to judge (None: no record judged yet, or its op has expired)
+        self.next_offset: int | None = None
         self._pending: list[tuple[bytes, bytes]] = []
         self._batch: list[bytes] = []
         self._batch_gen: int | None = None
         self._batch_bytes = 0
 
     # -- live path ---------------------------------------------------------------------------
+    def position(self, offset: int) -> Position:
+        if self.next_offset is None or offset == self.next_offset:
+            return Position.NEXT
+        return Position.JUDGED if offset < self.next_offset else Position.GAP
+
+    def judged(self, offset: int) -> None:
+        """Record that every raw record up to ``offset`` has been judged (an ``O`` op)."""
+        self._flush_batch()
+        self.next_offset = offset + 1
+        self._pending.append((OP_OFFSET, _GEN.pack(self.next_offset)))
+
     def decide(self, key: bytes, timestamp_s: float) -> Decision:
         """Test-and-set ``key`` at stream time ``max(seen, timestamp_s)``."""
         rotated = self._advance(timestamp_s)
         gen = self.bloom.current
         assert gen is not None
-        h1, h2 = halves(dig := digest(key))
-        if not self.bloom.test_and_set(h1, h2):
+        dig = digest(key)
+        if not self.bloom.test_and_set(dig):
             self._record(gen, key if self.exact is not None else dig)
             if self.exact is not None:
                 self.exact.add(gen, key)
@@ -109,7 +137,7 @@ class PartitionDedup:
         if self.exact is None or key in self.exact:
             return Decision(Verdict.DUPLICATE, rotated)
         # strict: a Bloom false positive; remember the key exactly so its copies are caught
-        self.bloom.add(gen, h1, h2)
+        self.bloom.add(gen, dig)
         self.exact.add(gen, key)
         self._record(gen, key)
         return Decision(Verdict.FORWARD, rotated, false_positive=True)
@@ -155,7 +183,7 @@ class PartitionDedup:
     # -- recovery ----------------------------------------------------------------------------
     def apply(self, op: bytes, value: bytes) -> None:
         """Replay one changelog op (raises ``ValueError`` on an unknown or malformed op)."""
-        (gen,) = _GEN.unpack_from(value)
+        (gen,) = _GEN.unpack_from(value)  # a generation, or the offset of an ``O`` op
         body = memoryview(value)[_GEN.size:]
         if op == OP_ROTATE:
             self._apply_rotate(gen)
@@ -163,10 +191,12 @@ class PartitionDedup:
             if len(body) % DIGEST_BYTES:
                 raise ValueError(f"ADD op of {len(body)} bytes is not a digest multiple")
             for dig in _chunks(body, DIGEST_BYTES):
-                self.bloom.add(gen, *halves(dig))
+                self.bloom.add(gen, dig)
+        elif op == OP_OFFSET:
+            self.next_offset = gen
         elif op == OP_ADD_KEYS:
             for key in _keys(body):
-                self.bloom.add(gen, *halves(digest(key)))
+                self.bloom.add(gen, digest(key))
                 if self.exact is not None:
                     self.exact.add(gen, key)
         else:

@@ -46,8 +46,6 @@ class DedupStore(Store[bytes, bytes]):
         self.partitions: dict[int, PartitionDedup] = {}
         self.recovered_ops: dict[int, int] = {}
         self._recovery_started: dict[int, float] = {}
-        # called at every rebalance (the agent resets its per-partition offset tracking)
-        self.rebalance_listeners: list[Callable[[], None]] = []
 
     def partition_state(self, partition: int) -> PartitionDedup:
         found = self.partitions.get(partition)
@@ -75,8 +73,6 @@ class DedupStore(Store[bytes, bytes]):
         # standby promoted to active holds committed ops only (read_committed). Faust then
         # replays the changelog from where it stands, and ops are idempotent. Partitions that
         # end up neither active nor standby are dropped when recovery completes.
-        for listener in self.rebalance_listeners:
-            listener()
         gained = sorted(tp.partition for tp in newly_assigned if tp.topic == raw)
         lost = sorted(tp.partition for tp in revoked if tp.topic == raw)
         now = time.monotonic()
@@ -174,8 +170,10 @@ class DedupTable(faust.Table[bytes, bytes]):
 
 
 def state_digest(state: PartitionDedup) -> str:
-    """SHA-256 over every generation's id and bit array (and strict mode's exact keys)."""
+    """SHA-256 over the judged position, every generation's id and bit array (and strict
+    mode's exact keys)."""
     h = hashlib.sha256()
+    h.update(str(state.next_offset).encode())
     for generation, bits in state.bloom.state():
         h.update(generation.to_bytes(8, "little", signed=True))
         h.update(bits)

@@ -76,6 +76,9 @@ def run(config: Config, agent_type: type[DedupAgent] | None = None) -> int:
         loop.run_until_complete(serve(config.metrics.host, config.metrics.port))
     worker = faust.Worker(app, loop=loop, loglevel=logging.getLogger().level,
                           override_logging=False, redirect_stdouts=False, quiet=True)
+    # faust's start-up spinner prints a "show cursor" escape to stdout even when it is not a
+    # terminal, in front of the next JSON log line (which then no longer parses)
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:
