@@ -69,10 +69,25 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 # -- /proc ------------------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
+    """User + system CPU seconds of a process (all its threads) and of its live descendants
+    (``ccstream dedup`` is a supervisor whose worker is a child process)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            total += cpu_seconds(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
 
 
 def rss_bytes(pid: int) -> int:

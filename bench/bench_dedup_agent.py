@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,19 +38,23 @@ from pipeline import devkafka
 def _worker_main(role: str, config_file: str) -> int:
     """Run as a worker subprocess: the real dedup agent, or the pass-through one."""
     from pipeline.dedup.app import DedupAgent, Out
+    from pipeline.dedup.state import PartitionDedup
     from pipeline.dedup.worker import run
 
     class PassThrough(DedupAgent):
-        def _judge(self, partition: int, message: Any) -> Out | None:
+        """Every record to clean through the same transactional path, no filter, no ops."""
+
+        def _judged(self, partition: int, state: PartitionDedup, message: Any) -> list[Out]:
+            state.next_offset = int(message.offset) + 1  # in memory only: no changelog op
             headers = [(k, bytes(v)) for k, v in (message.headers or ())]
-            return Out(self.topo.clean, message.key, message.value,
-                       partition % self.topo.clean_partitions, message.timestamp, headers)
+            return [Out(self.topo.clean, message.key, message.value,
+                        partition % self.topo.clean_partitions, message.timestamp, headers)]
 
     return run(load(config_file), PassThrough if role == "passthrough" else None)
 
 
 def _config(path: Path, bootstrap: str, prefix: str, app_id: str, partitions: int) -> None:
-    doc = {
+    doc: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": bootstrap, "partitions": partitions},
         "topics": {"raw": f"{prefix}.raw", "clean": f"{prefix}.{app_id}.out",
                    "dlq": f"{prefix}.dlq", "cursors": f"{prefix}.cursors"},
@@ -141,7 +146,7 @@ async def _run(work: Path, bootstrap: str, events: int,
     return base, dedup
 
 
-def _bench(events: int, partitions: int) -> None:
+def _bench(events: int, partitions: int, keep_logs: str | None) -> None:
     with tempfile.TemporaryDirectory(prefix="ccstream-bench-") as tmp:
         work = Path(tmp)
         cluster = devkafka.KafkaCluster(work / "kafka", size=1, tied=True)
@@ -150,6 +155,10 @@ def _bench(events: int, partitions: int) -> None:
             base, dedup = asyncio.run(_run(work, cluster.bootstrap_servers, events, partitions))
         finally:
             cluster.stop()
+            if keep_logs:
+                Path(keep_logs).mkdir(parents=True, exist_ok=True)
+                for log in work.glob("*.log"):
+                    shutil.copy(log, keep_logs)
     print(f"events={events} partitions={partitions} (20% duplicates), exactly_once")
     print(f"pass-through agent: {base:8.0f} events/s")
     print(f"dedup agent:        {dedup:8.0f} events/s")
@@ -162,11 +171,12 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--worker", choices=["passthrough", "dedup"])
     parser.add_argument("--config")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the workers' logs to DIR")
     args = parser.parse_args()
     if args.worker:
         sys.exit(_worker_main(args.worker, args.config))
     print("command:", " ".join([sys.executable, *sys.argv]))
-    _bench(args.events, args.partitions)
+    _bench(args.events, args.partitions, args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,10 @@ class DedupSettings(_Section):
     strict: bool = False
     workers_standby_replicas: int = Field(1, ge=0)
     commit_interval_s: float = Field(0.5, gt=0)
+    # the agent judges records in batches (up to this many, or what arrived within
+    # batch_within_s): one changelog op and one lock round per partition per batch
+    batch_max_events: int = Field(500, ge=1, le=10_000)
+    batch_within_s: float = Field(0.01, gt=0, le=1.0)
     session_timeout_s: float = Field(10.0, gt=0)
     data_dir: str | None = None
     # bits spent relative to the Bloom optimum -ln p/(ln 2)^2; above 1.0 the filter uses the

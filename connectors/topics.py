@@ -105,15 +105,15 @@ async def partition_count(bootstrap_servers: str, topic: str) -> int:
         await admin.close()
 
 
-async def committed_offset(bootstrap_servers: str, group_id: str, topic: str,
-                           partition: int) -> int | None:
-    """The offset ``group_id`` has committed for one partition (None: it has none)."""
+async def committed_offsets(bootstrap_servers: str, group_id: str, topic: str,
+                            partitions: int) -> dict[int, int]:
+    """The offsets ``group_id`` has committed for ``topic``'s partitions (absent: none)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        tp = TopicPartition(topic, partition)
-        found = await admin.list_consumer_group_offsets(group_id, partitions=[tp])
-        meta = found.get(tp)
-        return None if meta is None or meta.offset < 0 else int(meta.offset)
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        found = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+        return {tp.partition: int(meta.offset) for tp, meta in found.items()
+                if meta is not None and meta.offset >= 0}
     finally:
         await admin.close()

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import mmh3
 
@@ -41,6 +43,8 @@ _ONE_BIT_LOW = bytes(1 << (b & 7) for b in range(256))
 _ONE_BIT_HIGH = bytes(1 << (b >> 5) for b in range(256))
 # a probe: start byte, step, and the k-byte mask of one bit per probed byte
 Probe = tuple[int, int, int]
+# probes a ``contains`` checks before all k (see BloomFilter.contains)
+PREFIX = 4
 
 
 def digest(key: bytes) -> bytes:
@@ -111,26 +115,35 @@ def size_for(capacity: int, p: float, memory_factor: float = 1.0) -> Sizing:
 class Prober:
     """Where a digest's ``k`` bits are, for one sizing: ``prober(digest)`` -> ``Probe``."""
 
-    __slots__ = ("_k", "_n", "_steps")
+    __slots__ = ("_k", "_n", "_spare", "_steps")
 
     def __init__(self, sizing: Sizing) -> None:
         self._n = sizing.bytes
         self._steps = sizing.max_step
         self._k = sizing.k
+        self._spare = 8 * (-sizing.k % 32)  # mask bits beyond k (one murmur3 gives 32 fields)
 
-    def __call__(self, dig: bytes) -> Probe:
-        h1, h2 = _DIGEST.unpack(dig)
-        k = self._k
-        src = mmh3.hash_bytes(dig)  # the bit within each byte: independent of the positions
-        fields = src.translate(_ONE_BIT_LOW) + src.translate(_ONE_BIT_HIGH)
-        while len(fields) < k:
-            src = mmh3.hash_bytes(src)
-            fields += src.translate(_ONE_BIT_LOW) + src.translate(_ONE_BIT_HIGH)
-        return h1 % self._n, h2 % self._steps + 1, int.from_bytes(fields[:k], "little")
+    def __call__(self, dig: bytes, _unpack: Any = _DIGEST.unpack, _hash: Any = mmh3.hash_bytes,
+                 _int: Callable[..., int] = int.from_bytes) -> Probe:
+        h1, h2 = _unpack(dig)
+        src = _hash(dig)  # the bit within each byte: independent of the positions
+        if self._k <= 32:
+            mask = _int(src.translate(_ONE_BIT_LOW) + src.translate(_ONE_BIT_HIGH)) >> self._spare
+        else:
+            fields = src.translate(_ONE_BIT_LOW) + src.translate(_ONE_BIT_HIGH)
+            while len(fields) < self._k:
+                src = _hash(src)
+                fields += src.translate(_ONE_BIT_LOW) + src.translate(_ONE_BIT_HIGH)
+            mask = _int(fields[:self._k])
+        return h1 % self._n, h2 % self._steps + 1, mask
 
 
 class BloomFilter:
-    """One bit array; ``test_and_set`` is the hot path (one call per event)."""
+    """One bit array; ``test_and_set`` is the hot path (one call per event).
+
+    The ``k`` probed bytes are handled as one big-endian integer (``int.from_bytes`` without a
+    byte order argument is the fastest form), the mask likewise.
+    """
 
     __slots__ = ("_bits", "_k", "_n", "probe", "set_bits", "sizing")
 
@@ -142,41 +155,45 @@ class BloomFilter:
         self._bits = bytearray(sizing.bytes)
         self.set_bits = 0  # maintained incrementally: a popcount of 100 MB is not per-event work
 
-    def _gather(self, start: int, step: int) -> int:
-        """The ``k`` probed bytes as one little-endian integer."""
+    def test_and_set(self, p: Probe, _int: Callable[..., int] = int.from_bytes) -> bool:
+        """Set the key's bits; True if they were all set already (the key is probably known)."""
+        start, step, mask = p
         bits, n = self._bits, self._n
         end = start + self._k * step
         if end <= n:
-            return int.from_bytes(bits[start:end:step], "little")
-        wrap = start + -(-(n - start) // step) * step - n  # first probe byte after the wrap
-        return int.from_bytes(bits[start:n:step] + bits[wrap:end - n:step], "little")
-
-    def test_and_set(self, p: Probe) -> bool:
-        """Set the key's bits; True if they were all set already (the key is probably known)."""
-        start, step, mask = p
-        bits, n, k = self._bits, self._n, self._k
-        end = start + k * step
-        if end <= n:
-            got = int.from_bytes(bits[start:end:step], "little")
+            got = _int(bits[start:end:step])
             if got & mask == mask:
                 return True
-            bits[start:end:step] = (got | mask).to_bytes(k, "little")
-        else:
+            bits[start:end:step] = (got | mask).to_bytes(self._k)
+        else:  # the progression wraps past the end once: two slices
             head = -(-(n - start) // step)  # probes before the wrap
             wrap = start + head * step - n
-            got = int.from_bytes(bits[start:n:step] + bits[wrap:end - n:step], "little")
+            got = _int(bits[start:n:step] + bits[wrap:end - n:step])
             if got & mask == mask:
                 return True
-            new = (got | mask).to_bytes(k, "little")
+            new = (got | mask).to_bytes(self._k)
             bits[start:n:step] = new[:head]
             bits[wrap:end - n:step] = new[head:]
         self.set_bits += (mask & ~got).bit_count()
         return False
 
-    def contains(self, p: Probe) -> bool:
-        """True if every probe bit is set."""
-        mask = p[2]
-        return self._gather(p[0], p[1]) & mask == mask
+    def contains(self, p: Probe, _int: Callable[..., int] = int.from_bytes) -> bool:
+        """True if every probe bit is set.
+
+        The first ``PREFIX`` probes are checked alone first: an unknown key fails there with
+        probability ``1 - fill^PREFIX`` (94 % at fill 1/2), at the cost of ``PREFIX`` cache
+        misses instead of ``k`` (older generations are tested for every event)."""
+        start, step, mask = p
+        bits, n, k = self._bits, self._n, self._k
+        end = start + k * step
+        if k > PREFIX and start + PREFIX * step <= n:
+            head = mask >> 8 * (k - PREFIX)
+            if _int(bits[start:start + PREFIX * step:step]) & head != head:
+                return False
+        if end <= n:
+            return _int(bits[start:end:step]) & mask == mask
+        wrap = start + -(-(n - start) // step) * step - n
+        return _int(bits[start:n:step] + bits[wrap:end - n:step]) & mask == mask
 
     def fill_ratio(self) -> float:
         return self.set_bits / self.sizing.m

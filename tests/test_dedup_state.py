@@ -126,15 +126,17 @@ def test_the_judged_position_is_state_and_classifies_each_offset() -> None:
         live.decide(_key(offset), 1.0)
         live.judged(offset)
     ops = live.drain()
-    assert ops[-1] == (state.OP_OFFSET, (45).to_bytes(8, "little"))
+    # no record of its own: the position rides in the key of the drain's last op
+    assert [op for op, _ in ops] == [state.OP_ROTATE, state.OP_ADD + (45).to_bytes(8, "little")]
     rebuilt = PartitionDedup(_policy())
     rebuilt.apply_all(ops)
+    assert rebuilt.next_offset == 45
     assert [rebuilt.position(o) for o in (43, 44, 45, 46)] == [
         Position.JUDGED, Position.JUDGED, Position.NEXT, Position.GAP]
 
 
 def test_a_duplicate_still_moves_the_position() -> None:
-    """A dropped record writes no filter op, but its judgement (the O op) is recorded."""
+    """A dropped record writes no filter op, but its judgement is recorded (an O op)."""
     d = PartitionDedup(_policy())
     d.decide(_key(1), 1.0)
     d.judged(0)
@@ -142,4 +144,10 @@ def test_a_duplicate_still_moves_the_position() -> None:
     assert d.decide(_key(1), 2.0).verdict is Verdict.DUPLICATE
     d.judged(1)
     assert d.drain() == [(state.OP_OFFSET, (2).to_bytes(8, "little"))]
+    assert d.drain() == []  # nothing moved since
 
+
+def test_an_op_key_of_the_wrong_size_is_refused() -> None:
+    d = PartitionDedup(_policy())
+    with pytest.raises(ValueError):
+        d.apply(state.OP_ROTATE + b"\0" * 3, b"\0" * 8)

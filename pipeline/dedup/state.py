@@ -13,10 +13,12 @@ op     value                                       replay
 ``O``  next raw offset (int64)                     ``next_offset = value``
 =====  ==========================================  ========================================
 
-The ``O`` op records how far the raw partition has been judged, in the same Kafka transaction
-as the judgement's other ops and clean records. It makes the input position part of the state:
-a record below it was judged in a committed transaction (skip it, whatever the filter says), a
-record above it means records in between never reached the agent (see ``Position``).
+The *judged position* (the next raw offset to judge) travels in the same Kafka transaction as
+the judgement's other ops and clean records, so the input position is part of the state: a
+record below it was judged in a committed transaction (skip it, whatever the filter says), a
+record above it means records in between never reached the agent (see ``Position``). It rides
+in the *key* of the last op a drain returns (op code + int64, 9 bytes) and costs a record of
+its own (``O``) only when a drain has no other op (a duplicate): no extra record per event.
 
 Rotation is an op of its own (not derived from a clock at recovery), so replaying the ops in
 order rebuilds the filter bit for bit. Every op is idempotent and ``rotate_to`` is monotonic,
@@ -106,6 +108,7 @@ class PartitionDedup:
         self.stream_time = float("-inf")
         # the next raw offset to judge (None: no record judged yet, or its op has expired)
         self.next_offset: int | None = None
+        self._position_dirty = False
         self._pending: list[tuple[bytes, bytes]] = []
         self._batch: list[bytes] = []
         self._batch_gen: int | None = None
@@ -118,10 +121,9 @@ class PartitionDedup:
         return Position.JUDGED if offset < self.next_offset else Position.GAP
 
     def judged(self, offset: int) -> None:
-        """Record that every raw record up to ``offset`` has been judged (an ``O`` op)."""
-        self._flush_batch()
+        """Record that every raw record up to ``offset`` has been judged (see ``drain``)."""
         self.next_offset = offset + 1
-        self._pending.append((OP_OFFSET, _GEN.pack(self.next_offset)))
+        self._position_dirty = True
 
     def decide(self, key: bytes, timestamp_s: float) -> Decision:
         """Test-and-set ``key`` at stream time ``max(seen, timestamp_s)``."""
@@ -175,14 +177,31 @@ class PartitionDedup:
         self._batch, self._batch_gen, self._batch_bytes = [], None, 0
 
     def drain(self) -> list[tuple[bytes, bytes]]:
-        """The ops (key, value) not yet written to the changelog, in order; clears them."""
+        """The ops (key, value) not yet written to the changelog, in order; clears them.
+
+        The judged position, if it moved, is in the last op's key (or an ``O`` op of its own).
+        """
         self._flush_batch()
         out, self._pending = self._pending, []
+        if self._position_dirty and self.next_offset is not None:
+            position = _GEN.pack(self.next_offset)
+            if out:
+                op, value = out[-1]
+                out[-1] = (op + position, value)
+            else:
+                out.append((OP_OFFSET, position))
+            self._position_dirty = False
         return out
 
     # -- recovery ----------------------------------------------------------------------------
     def apply(self, op: bytes, value: bytes) -> None:
         """Replay one changelog op (raises ``ValueError`` on an unknown or malformed op)."""
+        if len(op) == 1 + _GEN.size:  # an op carrying the judged position in its key
+            self.apply(op[:1], value)
+            (self.next_offset,) = _GEN.unpack_from(op, 1)
+            return
+        if len(op) != 1:
+            raise ValueError(f"dedup changelog op key of {len(op)} bytes")
         (gen,) = _GEN.unpack_from(value)  # a generation, or the offset of an ``O`` op
         body = memoryview(value)[_GEN.size:]
         if op == OP_ROTATE:
