@@ -7,7 +7,8 @@ One local Apache Kafka broker (pipeline.devkafka), one raw topic filled once wit
 process with its own consumer group reading that topic from the start, exactly_once:
   * pass-through: the same Faust app and transactional write path, every record forwarded,
     no filter and no changelog op;
-  * dedup: the real agent (filter test-and-set, one changelog op per forwarded event).
+  * dedup: the real agent (filter test-and-set, one changelog op per partition per batch,
+    the judged position in its key).
 Throughput is records judged per second from the moment the worker reports its partitions
 recovered until its group's committed offsets reach the end of the topic (start-up and
 faust's ~10 s exactly-once recovery wait are excluded, identically for both).

@@ -7,7 +7,8 @@ partition's input offsets. For one raw partition ``p`` the agent writes, through
 partition's producer: the clean records, the DLQ records and the changelog ops of the filter.
 So a batch's filter update, its clean records and its offset commit are one Kafka transaction:
 after a crash either all of them are visible (``read_committed``) or none, and the records are
-read and judged again against a filter rebuilt without them.
+read and judged again against a filter rebuilt without them. The ops include the judged raw
+position, so records faust skips or redelivers are recognised (``DedupAgent.handle``).
 
 Why not ``clean_topic.send()``: faust routes a send by the *destination* topic's partition and
 topic group, and the clean topic is not subscribed, so it has no group (KeyError); naming the
