@@ -243,6 +243,41 @@ async def test_duplicates_now_and_hours_later_reach_clean_once(
         assert worker.terminate() == 0
 
 
+async def test_a_frame_of_the_largest_accepted_size_reaches_clean(
+        bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """A raw record as large as the connector may write (a frame just under max_frame_bytes,
+    plus headers: more than faust's default 1,000,000-byte requests) is forwarded to clean; one
+    that large but not JSON goes to the DLQ cut to 512 KiB, as the connector cuts its own."""
+    config = write_config(tmp_path / "c.toml", bootstrap, topic_prefix, partitions=1)
+    key, small, headers = frame(7)
+    body = orjson.loads(small)
+    body["eventBody"] = {"n": 7, "pad": "x" * (config.connector.max_frame_bytes - 200)}
+    big = orjson.dumps(body)
+    assert 1_000_000 < len(big) <= config.connector.max_frame_bytes
+    with workers(tmp_path, tmp_path / "c.toml") as start:
+        worker = start("w1")
+        worker.wait_for("dedup.partitions_assigned")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                    max_request_size=2 * len(big))
+        await producer.start()
+        try:
+            # a malformed one first (no dedup-key header: the key comes from the value, which
+            # is not JSON), then the good one: the stream goes on
+            unkeyed = [(k, v) for k, v in headers if k != records.H_DEDUP_KEY]
+            for value, hdrs in ((b"{" + big, unkeyed), (big, headers)):
+                await producer.send_and_wait(config.topics.raw, value, key=key, headers=hdrs,
+                                             timestamp_ms=int(T0 * 1000))
+        finally:
+            await producer.stop()
+        clean = await read_all(bootstrap, config.topics.clean, expect=1, settle_s=0.5)
+        dlq = await read_all(bootstrap, config.topics.dlq, expect=1, settle_s=0.2)
+        assert worker.terminate() == 0
+    assert [m.value for m in clean] == [big]
+    assert [len(m.value) for m in dlq] == [512 * 1024]
+    reason = records.header(list(dlq[0].headers), records.H_DLQ_REASON) or b""
+    assert reason.startswith(b"value_not_json; value cut to the first 524288 of")
+
+
 async def _produce_bad(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()

@@ -34,8 +34,9 @@ from faust.types import TP, EventT
 from connectors import metrics
 from connectors.config import Config
 from connectors.logs import get_logger
-from connectors.records import H_DLQ_REASON, H_STREAM, Headers, header
-from connectors.topics import committed_offsets
+from connectors.records import H_DLQ_ENCODING, H_DLQ_REASON, H_STREAM, Headers, header
+from connectors.sink import dlq_value
+from connectors.topics import committed_offsets, max_record_bytes
 from pipeline.bloom import policy_for
 from pipeline.dedup import keys
 from pipeline.dedup.state import PartitionDedup, Position, Verdict
@@ -91,6 +92,10 @@ def build_app(config: Config, topo: Topology,
         autodiscover=False,
         datadir=str(Path(datadir)),
         producer_linger=config.kafka.linger_ms / 1000.0,
+        # faust's default (1,000,000 B) is below the largest raw record the connector writes
+        # (a max_frame_bytes frame plus headers): such a record could never reach clean, and
+        # the worker would stop on it again after every restart
+        producer_max_request_size=max_record_bytes(config.connector.max_frame_bytes),
     )
     policy = policy_for(d.window_s, d.generations, d.expected_events_per_window,
                         d.false_positive_rate, d.memory_factor)
@@ -257,8 +262,12 @@ class DedupAgent:
             metrics.DEDUP_DLQ.labels(key.reason).inc()
             log.warning("dedup.dlq", partition=partition, offset=message.offset,
                         reason=key.reason)
-            return Out(self.topo.dlq, header(headers, H_STREAM) or b"", message.value, None,
-                       message.timestamp, [*headers, (H_DLQ_REASON, key.reason.encode())])
+            # as the connector writes DLQ records (contract: base64 if not text), and cut so
+            # that it fits in the DLQ topic whatever the raw record's size
+            value, encoding, reason = dlq_value(bytes(message.value or b""), key.reason, False)
+            return Out(self.topo.dlq, header(headers, H_STREAM) or b"", value, None,
+                       message.timestamp, [*headers, (H_DLQ_REASON, reason.encode()),
+                                           (H_DLQ_ENCODING, encoding.encode())])
         state = self.table.store.partition_state(partition)
         decision = state.decide(key, float(message.timestamp or 0.0))
         if decision.rotated_to is not None:
