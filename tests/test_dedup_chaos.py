@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from test_dedup_kafka import (
     workers,
     write_config,
 )
+
+from connectors.config import Config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -45,6 +48,22 @@ async def _wait(probe: object, timeout: float) -> bool:
             return True
         await asyncio.sleep(0.5)
     return False
+
+
+async def _drained(config: Config, distinct: int, stop: asyncio.Event,
+                   supervisor: asyncio.Task[None], restarts: list[Worker],
+                   ) -> tuple[Counter[bytes], set[bytes]]:
+    """Wait until the supervised worker has committed the whole raw topic, stop it, and read
+    clean: how often each dedup key is there, and which distinct keys are missing."""
+    bootstrap = config.kafka.bootstrap_servers
+    done = committed_offsets_reached(bootstrap, config.dedup.app_id, config.topics.raw)
+    finished = await _wait(done, timeout=120)
+    stop.set()
+    await supervisor
+    assert finished, restarts[-1].log_file.read_text()[-2000:]
+    clean = await read_all(bootstrap, config.topics.clean, expect=distinct, settle_s=2.0)
+    counts = dedup_keys(clean)
+    return counts, expected_keys(list(range(distinct))) - set(counts)
 
 
 async def _kill_at_random_points(start: object, rounds: int, rng: random.Random) -> int:
@@ -81,14 +100,7 @@ async def test_ten_kill_9_with_a_producer_writing_lose_and_duplicate_nothing(
         await producer
         stop, finals = asyncio.Event(), []
         supervisor = asyncio.create_task(supervised(start, "w-final", stop, finals))
-        done = committed_offsets_reached(bootstrap, config.dedup.app_id, config.topics.raw)
-        finished = await _wait(done, timeout=120)
-        stop.set()
-        await supervisor
-        assert finished, finals[-1].log_file.read_text()[-2000:]
-        clean = await read_all(bootstrap, config.topics.clean, expect=distinct, settle_s=2.0)
-    counts = dedup_keys(clean)
-    missing = expected_keys(list(range(distinct))) - set(counts)
+        counts, missing = await _drained(config, distinct, stop, supervisor, finals)
     assert mid_stream == 5
     assert (len(missing), sorted(missing)[:5]) == (0, [])
     assert [k for k, n in counts.items() if n > 1] == []
@@ -123,14 +135,7 @@ async def test_two_workers_one_killed_survivor_takes_its_partitions(
         victim.kill()
         await producer
         takeover = await _takeover(survivors, held)
-        done = committed_offsets_reached(bootstrap, config.dedup.app_id, config.topics.raw)
-        finished = await _wait(done, timeout=120)
-        stop.set()
-        await supervisor
-        assert finished, survivors[-1].log_file.read_text()[-2000:]
-        clean = await read_all(bootstrap, config.topics.clean, expect=distinct, settle_s=2.0)
-        counts = dedup_keys(clean)
-        missing = expected_keys(list(range(distinct))) - set(counts)
+        counts, missing = await _drained(config, distinct, stop, supervisor, survivors)
     assert held and held < {0, 1, 2, 3} and held <= set(takeover["partitions"])
     assert takeover["active"] == [0, 1, 2, 3]
     assert (len(missing), sorted(missing)[:5]) == (0, [])

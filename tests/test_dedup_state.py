@@ -151,3 +151,17 @@ def test_an_op_key_of_the_wrong_size_is_refused() -> None:
     d = PartitionDedup(_policy())
     with pytest.raises(ValueError):
         d.apply(state.OP_ROTATE + b"\0" * 3, b"\0" * 8)
+
+
+def test_a_start_from_the_group_counts_until_a_record_is_judged() -> None:
+    """Without a position, the group's committed offset is where judging starts: below it is
+    judged, above it a gap; it is not written until a record is judged, and never replaces a
+    known position."""
+    d = PartitionDedup(_policy())
+    d.start_at(70)
+    assert [d.position(o) for o in (69, 70, 71)] == [
+        Position.JUDGED, Position.NEXT, Position.GAP]
+    assert d.drain() == []
+    d.judged(70)
+    d.start_at(5)
+    assert d.next_offset == 71

@@ -126,7 +126,6 @@ class DedupAgent:
                  config: Config) -> None:
         self.app = app
         self.config = config
-        self.bootstrap = config.kafka.bootstrap_servers  # for _start_of and _skipped
         self.table = table
         self.topo = topo
         # partitions whose redelivered records were already logged once (see _redelivered)
@@ -153,14 +152,16 @@ class DedupAgent:
             outs: list[Out] = []
             for message in messages:
                 offset = int(message.offset)
-                if state.position(offset) is Position.JUDGED:
+                if state.next_offset is None:  # never judged here: where the group stands
+                    state.start_at(await self._start_of(partition))
+                position = state.position(offset)
+                if position is Position.JUDGED:
                     self._redelivered(partition, state, offset)
                     continue
-                expected = state.next_offset
-                if expected is None:  # never judged here: where the group stands
-                    expected = await self._start_of(partition)
-                if offset > expected:
-                    for missed in await self._skipped(partition, expected, offset):
+                if position is Position.GAP:
+                    start = state.next_offset
+                    assert start is not None
+                    for missed in await self._skipped(partition, start, offset):
                         outs += self._judged(partition, state, missed)
                 outs += self._judged(partition, state, message)
             outs += [Out(self.topo.changelog, op, value, partition, None, None)
@@ -202,8 +203,8 @@ class DedupAgent:
         read offset of records it had already fetched.
         """
         tp = TopicPartition(self.topo.raw, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed",
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka.bootstrap_servers,
+                                    enable_auto_commit=False, isolation_level="read_committed",
                                     auto_offset_reset="earliest")
         found: list[Fetched] = []
         try:
@@ -243,7 +244,8 @@ class DedupAgent:
         try:
             if self._starts_generation != generation:
                 self._starts = await committed_offsets(
-                    self.bootstrap, self.app.conf.id, self.topo.raw, self.topo.raw_partitions)
+                    self.config.kafka.bootstrap_servers, self.app.conf.id, self.topo.raw,
+                    self.topo.raw_partitions)
                 self._starts_generation = generation
             committed = self._starts.get(partition)
             if committed is not None:

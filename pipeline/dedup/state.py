@@ -120,6 +120,13 @@ class PartitionDedup:
             return Position.NEXT
         return Position.JUDGED if offset < self.next_offset else Position.GAP
 
+    def start_at(self, offset: int) -> None:
+        """Where judging starts when no position is known yet (never judged here, or its op
+        expired): the group's committed offset. In memory only, the first judged record
+        writes the position."""
+        if self.next_offset is None:
+            self.next_offset = offset
+
     def judged(self, offset: int) -> None:
         """Record that every raw record up to ``offset`` has been judged (see ``drain``)."""
         self.next_offset = offset + 1
