@@ -153,6 +153,7 @@ class DedupAgent:
             for message in messages:
                 offset = int(message.offset)
                 if state.next_offset is None:  # never judged here: where the group stands
+                    await self._check_recovered(partition)
                     state.start_at(await self._start_of(partition))
                 position = state.position(offset)
                 if position is Position.JUDGED:
@@ -231,6 +232,30 @@ class DedupAgent:
         log.warning("dedup.skipped_read_back", partition=partition, start=start, end=end,
                     records=len(found))
         return found
+
+    async def _check_recovered(self, partition: int) -> None:
+        """Stop (exit 70: the restarted worker recovers again) if the partition's changelog
+        holds committed ops while its state has no position: every batch of ops carries the
+        position, so the recovery missed them. Seen in about 1 test run in 10 on a changelog
+        a test had filled just before the worker started: faust's recovery read nothing
+        (``dedup.recovered`` with 0 ops) and the filter and position would have started
+        empty; the cause inside faust is not found."""
+        tp = TopicPartition(self.topo.changelog, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka.bootstrap_servers,
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    auto_offset_reset="earliest")
+        try:
+            await consumer.start()
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            found = (await consumer.getmany(tp, timeout_ms=2000, max_records=1)).get(tp)
+        except Exception as err:  # noqa: BLE001 - unknown: go on as without this check
+            log.warning("dedup.recovery_check_failed", partition=partition, error=repr(err))
+            return
+        finally:
+            await consumer.stop()
+        if found:
+            _die("dedup.recovery_incomplete", partition=partition, changelog=tp.topic)
 
     async def _start_of(self, partition: int) -> int:
         """Where a partition without a judged position starts: the group's committed offset,
