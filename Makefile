@@ -12,7 +12,7 @@ test: bootstrap lint
 	$(PY) -m pytest -q $(ARGS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check connectors pipeline tests bench
+	$(VENV)/bin/ruff check ccstream connectors pipeline simulator devtools tests bench
 	$(VENV)/bin/mypy
 
 bootstrap:

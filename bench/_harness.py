@@ -2,7 +2,7 @@
 process, and CPU/RSS read from ``/proc`` (no psutil dependency for this).
 
 Not a benchmark itself. ``python bench/_harness.py sim ...`` is the simulator host role: one
-``connectors.simulator.Simulator`` in its own process (so that its CPU is not the client's),
+``simulator.Simulator`` in its own process (so that its CPU is not the client's),
 optionally with a pre-emitted backlog per stream, printing ``READY <port>`` once it listens and
 serving until SIGTERM. Every process a benchmark starts is stopped by its own pid in a
 ``finally`` block (``Child``).
@@ -44,7 +44,7 @@ def code_state() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
                               capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "connectors", "pipeline"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ccstream", "connectors", "pipeline", "simulator", "devtools"],
                                cwd=REPO, text=True, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
@@ -143,7 +143,7 @@ class Children:
 @contextlib.contextmanager
 def kafka_broker(workdir: Path) -> Iterator[str]:
     """A real single-node Apache Kafka broker for the benchmark; its bootstrap servers."""
-    from pipeline.devkafka import KafkaCluster
+    from devtools.devkafka import KafkaCluster
 
     cluster = KafkaCluster(workdir / "kafka", size=1, tied=True)
     cluster.start()
@@ -226,8 +226,8 @@ def summarize_collapsed(path: Path, top: int = 15) -> str:
         return "(no samples)"
     lines = [f"{total} samples; self %   frame"]
     lines += [f"  {100 * n / total:5.1f}   {frame}" for frame, n in self_time.most_common(top)]
-    lines.append("inclusive % (frames in ccstream code: connectors/, pipeline/)")
-    ours = [(f, n) for f, n in inclusive.most_common() if "connectors/" in f or "pipeline/" in f]
+    lines.append("inclusive % (frames in ccstream code: ccstream/, connectors/, pipeline/)")
+    ours = [(f, n) for f, n in inclusive.most_common() if any(d in f for d in ("ccstream/", "connectors/", "pipeline/"))]
     lines += [f"  {100 * n / total:5.1f}   {frame}" for frame, n in ours[:top]]
     return "\n".join(lines)
 
@@ -243,7 +243,7 @@ def _short(frame: str) -> str:
 
 # -- the simulator host role ---------------------------------------------------------------------
 async def _serve_sim(args: argparse.Namespace) -> None:
-    from connectors.simulator import ClientSpec, SimSettings, Simulator
+    from simulator import ClientSpec, SimSettings, Simulator
 
     platforms = (args.platform,)
     clients = tuple(ClientSpec(f"tenant-{i}", client_secret(i), platforms=platforms)

@@ -38,7 +38,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     tracemalloc.start(8)
     threading.Thread(target=_watch, args=(out,), daemon=True).start()
-    from pipeline.cli import main as cli_main
+    from ccstream.cli import main as cli_main
 
     return int(cli_main(argv) or 0)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_dedup_agent.py [--events 20000] [--partitions 3]
 
-One local Apache Kafka broker (pipeline.devkafka), one raw topic filled once with N records
+One local Apache Kafka broker (devtools.devkafka), one raw topic filled once with N records
 (a fifth of them duplicates, as the connector writes them). Then, each as a real worker
 process with its own consumer group reading that topic from the start, exactly_once:
   * pass-through: the same Faust app and transactional write path, every record forwarded,
@@ -31,9 +31,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors import records
-from connectors.config import Config, load
-from pipeline import devkafka
+from ccstream import records
+from ccstream.config import Config, load
+from devtools import devkafka
 
 
 def _worker_main(role: str, config_file: str) -> int:
@@ -71,7 +71,7 @@ def _config(path: Path, bootstrap: str, prefix: str, app_id: str, partitions: in
 
 
 async def _fill(bootstrap: str, topic: str, partitions: int, events: int) -> None:
-    from connectors.topics import TopicSpec, ensure_topics
+    from ccstream.topics import TopicSpec, ensure_topics
 
     await ensure_topics(bootstrap, [TopicSpec(topic, partitions, 1)])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",

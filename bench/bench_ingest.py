@@ -1,6 +1,6 @@
 """Ingest: events/s from the simulator through the connector into the raw topic, vs a bare loop.
 
-Set-up (all real, on this machine): one Apache Kafka broker (``pipeline.devkafka``), the
+Set-up (all real, on this machine): one Apache Kafka broker (``devtools.devkafka``), the
 simulator in its own process with a pre-emitted backlog of ``--events`` events per stream
 (``rate=0``, no live duplicates), and the client under test in a third process:
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _harness as h
 
-from connectors.records import rfc3339
+from ccstream.records import rfc3339
 
 
 @dataclass
@@ -105,7 +105,7 @@ async def measure(bootstrap: str, topic: str, expected: int, child: h.Child, sim
     """Poll the topic's end offsets: (seconds first->last, client CPU s, sim CPU s, events)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from connectors.topics import partition_count
+    from ccstream.topics import partition_count
 
     pid = child.pid
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -147,7 +147,7 @@ async def measure(bootstrap: str, topic: str, expected: int, child: h.Child, sim
 async def write_cursors(bootstrap: str, prefix: str, streams: int, since: str) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from connectors import cursor_store
+    from connectors.kafka import cursor_store
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -161,7 +161,7 @@ async def write_cursors(bootstrap: str, prefix: str, streams: int, since: str) -
 
 
 def config_text(bootstrap: str, prefix: str, port: int, streams: int) -> str:
-    from pipeline.e2e import render_toml
+    from devtools.e2e import render_toml
 
     sections = {
         "kafka": {"bootstrap_servers": bootstrap},
@@ -209,15 +209,15 @@ def run_round(kind: str, args: argparse.Namespace, bootstrap: str, port: int, si
 
 
 async def _create_raw(bootstrap: str, topic: str) -> None:
-    from connectors.topics import TopicSpec, ensure_topics
+    from ccstream.topics import TopicSpec, ensure_topics
 
     await ensure_topics(bootstrap, [TopicSpec(topic, 6, 1, {})])
 
 
 async def _prepare_connector(bootstrap: str, prefix: str, path: Path, streams: int,
                              since: str) -> None:
-    from connectors.config import load
-    from connectors.topics import contract_topics, ensure_topics
+    from ccstream.config import load
+    from ccstream.topics import contract_topics, ensure_topics
 
     await ensure_topics(bootstrap, contract_topics(load(path)))
     await write_cursors(bootstrap, prefix, streams, since)

@@ -3,7 +3,7 @@
 Set-up (all real processes on this machine): one Apache Kafka broker, the simulator (its own
 process, ``--streams`` Genesys tenants sharing ``--rate`` events/s, 1 % live duplicates),
 ``ccstream connect`` and ``ccstream dedup`` as separate processes with default settings (only the
-dedup filter is sized for an hour, as ``pipeline.e2e`` does, so start-up stays short), and this
+dedup filter is sized for an hour, as ``devtools.e2e`` does, so start-up stays short), and this
 process as the downstream reader.
 
 Latency of an event = the reader's wall clock when it gets the record - the event's
@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _harness as h
 
+from ccstream.records import H_DEDUP_KEY, header
 from connectors.platforms.genesys import parse_timestamp
-from connectors.records import H_DEDUP_KEY, header
 
 
 def config_text(args: argparse.Namespace, bootstrap: str, prefix: str, port: int) -> str:
-    from pipeline.e2e import render_toml
+    from devtools.e2e import render_toml
 
     sections = {
         "kafka": {"bootstrap_servers": bootstrap, "linger_ms": args.linger_ms,
@@ -95,8 +95,8 @@ async def read_latencies(bootstrap: str, prefix: str, warmup_s: float, seconds: 
 
 
 async def create_topics(path: Path) -> None:
-    from connectors.config import load
-    from connectors.topics import contract_topics, ensure_topics
+    from ccstream.config import load
+    from ccstream.topics import contract_topics, ensure_topics
 
     config = load(path)
     await ensure_topics(config.kafka.bootstrap_servers, contract_topics(config))
@@ -106,7 +106,7 @@ async def wait_flowing(bootstrap: str, topic: str, timeout_s: float) -> None:
     """Until the clean topic has records (the dedup worker has joined and is committing)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from connectors.topics import partition_count
+    from ccstream.topics import partition_count
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()

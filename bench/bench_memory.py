@@ -62,7 +62,7 @@ def _wait_line(path: Path, needle: str, count: int, timeout: float) -> bool:
 
 
 def connector_rss(n: int, bootstrap: str, port: int, logs: Path, children: h.Children) -> int:
-    from pipeline.e2e import render_toml
+    from devtools.e2e import render_toml
 
     prefix = f"bench.memory.c{n}"
     sections: dict[str, dict[str, Any]] = {
@@ -110,8 +110,8 @@ async def fill_raw(bootstrap: str, topic: str, keys: int, first: int = 0) -> Non
     import orjson
     from aiokafka import AIOKafkaProducer
 
-    from connectors import records
-    from connectors.topics import TopicSpec, ensure_topics
+    from ccstream.topics import TopicSpec, ensure_topics
+    from ccstream import records
 
     await ensure_topics(bootstrap, [TopicSpec(topic, 1, 1, {})])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
@@ -136,7 +136,7 @@ async def fill_raw(bootstrap: str, topic: str, keys: int, first: int = 0) -> Non
 async def clean_total(bootstrap: str, topic: str) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from connectors.topics import partition_count
+    from ccstream.topics import partition_count
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
@@ -153,7 +153,7 @@ async def clean_total(bootstrap: str, topic: str) -> int:
 def dedup_rss(args: argparse.Namespace, bootstrap: str, logs: Path, children: h.Children
               ) -> tuple[list[tuple[int, int]], float]:
     """RSS after each step of keys (0 = idle, recovered), and the seconds it all took."""
-    from pipeline.e2e import render_toml
+    from devtools.e2e import render_toml
 
     prefix = "bench.memory.dedup"
     generations = 3
@@ -211,8 +211,8 @@ def _dump_trace(out: Path) -> None:
 
 
 async def _ensure(path: Path) -> None:
-    from connectors.config import load
-    from connectors.topics import TopicSpec, contract_topics, ensure_topics
+    from ccstream.config import load
+    from ccstream.topics import TopicSpec, contract_topics, ensure_topics
 
     config = load(path)
     # one raw partition, made before the worker starts (it would create six): one filter
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "bare":
         asyncio.run(bare_hold(args))
         return 0
-    from connectors.config import DedupSettings
+    from ccstream.config import DedupSettings
     from pipeline.bloom import optimal_bits_per_key, policy_for
 
     h.print_header("memory: connector per idle stream, dedup worker per million keys")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _harness as h
 
-from connectors.logs import fields_of
+from ccstream.logs import fields_of
 
 CLIENT, SECRET, SECRET_ENV = "acme", "bench-recovery-secret", "CCSTREAM_BENCH_RECOVERY_SECRET"
 
@@ -96,7 +96,7 @@ class Episode:
 
 
 def _config(bootstrap: str, sim: Any, ping_interval: float) -> Any:
-    from connectors.config import parse
+    from ccstream.config import parse
 
     prefix = f"bench.recovery.{int(time.time())}"
     return parse({
@@ -120,7 +120,7 @@ async def _until(predicate: Any, within_s: float) -> bool:
 
 async def episode(sim: Any, probe: Probe, label: str, fault: dict[str, Any],
                   close_event: str) -> Episode | None:
-    from connectors.simulator import Fault
+    from simulator import Fault
 
     start = time.time()
     sim.inject(Fault(client=CLIENT, after_events=5, **fault))
@@ -146,7 +146,7 @@ async def episode(sim: Any, probe: Probe, label: str, fault: dict[str, Any],
 
 async def silent(sim: Any, probe: Probe) -> tuple[float, float] | None:
     """(detection ms, pong-timeout-to-first-event ms) of one silent drop."""
-    from connectors.simulator import Fault
+    from simulator import Fault
 
     start = time.time()
     sim.inject(Fault(kind="silent", client=CLIENT, after_events=5, duration_s=60.0))
@@ -163,7 +163,7 @@ async def silent(sim: Any, probe: Probe) -> tuple[float, float] | None:
 
 async def run(args: argparse.Namespace, bootstrap: str) -> tuple[list[Episode], list[float]]:
     from connectors.runner import Runner
-    from connectors.simulator import ClientSpec, SimSettings, Simulator
+    from simulator import ClientSpec, SimSettings, Simulator
 
     os.environ[SECRET_ENV] = SECRET
     probe = Probe()

@@ -28,17 +28,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from connectors import cursor_store, metrics
-from connectors.backoff import instance_salt, salted_random
-from connectors.config import Config, StreamConfig
-from connectors.delivery import safe_error
-from connectors.logs import get_logger
-from connectors.ratelimit import TokenBucket
-from connectors.session import Session, SessionDeps, StreamStatus
-from connectors.sink import KafkaSink
+from ccstream import metrics
+from ccstream.config import Config, StreamConfig
+from ccstream.logs import get_logger
+from ccstream.topics import contract_topics, ensure_topics
+from connectors.kafka import cursor_store
+from connectors.kafka.delivery import safe_error
+from connectors.kafka.sink import KafkaSink
+from connectors.policy.backoff import instance_salt, salted_random
+from connectors.policy.ratelimit import TokenBucket
+from connectors.sources.websocket import Session, SessionDeps, StreamStatus
+from connectors.sources.wire import tls_context
 from connectors.tokens import TokenManager
-from connectors.topics import contract_topics, ensure_topics
-from connectors.wire import tls_context
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from connectors import metrics
-from connectors.close_codes import _seconds
-from connectors.logs import BoundLogger, get_logger
+from ccstream import metrics
+from ccstream.logs import BoundLogger, get_logger
+from connectors.policy.close_codes import _seconds
 
 Clock = Callable[[], float]
 

@@ -1,5 +1,5 @@
 """``python -m pipeline`` is ``ccstream``."""
 
-from pipeline.cli import entry
+from ccstream.cli import entry
 
 entry()

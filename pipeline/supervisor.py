@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from connectors.logs import get_logger
-from pipeline.devkafka import tie_to_parent
+from ccstream.logs import get_logger
+from devtools.devkafka import tie_to_parent
 
 log = get_logger("ccstream.supervisor")
 

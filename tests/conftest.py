@@ -1,6 +1,6 @@
 """Shared fixtures: one real Apache Kafka broker per pytest run, started lazily.
 
-The broker is ``pipeline.devkafka.KafkaCluster`` (the Apache Kafka server itself, KRaft, on
+The broker is ``devtools.devkafka.KafkaCluster`` (the Apache Kafka server itself, KRaft, on
 127.0.0.1): started the first time a test asks for ``kafka``, stopped by pid when the run ends,
 and tied to this process so that even a ``kill -9`` of pytest leaves no broker behind. Missing
 Java or Maven fails the run with one clear line; nothing is skipped.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import devkafka
+from devtools import devkafka
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ async def simulator():  # type: ignore[no-untyped-def]
     """A started platform simulator on a free loopback port: client ``acme`` (secret
     ``SIM_SECRET``) on both platforms, 50 events/s per stream, seeded; tests needing other
     settings build their own ``Simulator(SimSettings(...))``."""
-    from connectors.simulator import ClientSpec, SimSettings, Simulator
+    from simulator import ClientSpec, SimSettings, Simulator
 
     settings = SimSettings(clients=(ClientSpec(SIM_CLIENT_ID, SIM_SECRET),), seed=1, rate=50.0)
     async with Simulator(settings) as sim:

@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 
-from connectors.simulator import ClientSpec, Fault, SimSettings, Simulator
-from pipeline import devkafka
-from pipeline.e2e import (
+from devtools import devkafka
+from devtools.e2e import (
     ProcessGroup,
     StreamPlan,
     Verdict,
@@ -36,7 +35,8 @@ from pipeline.e2e import (
     plan_streams,
     read_topic,
 )
-from pipeline.progress import TopicTail
+from devtools.live import TopicTail
+from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

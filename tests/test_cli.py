@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline import cli
+from ccstream import cli
 
 CONTRACT_COMMANDS = ["connect", "dedup", "run", "simulate", "demo", "cursors", "replay"]
 

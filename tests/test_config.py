@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors import config
+from ccstream import config
 
 MINIMAL = """
 [kafka]

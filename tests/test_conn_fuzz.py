@@ -21,7 +21,7 @@ from test_conn_kafka import dedup_keys, make_config, read_all
 from test_conn_platforms import frames
 from test_conn_session import running, until
 
-from connectors import records
+from ccstream import records
 from connectors.platforms import FrameKind
 from connectors.platforms.genesys import Genesys
 

@@ -1,4 +1,4 @@
-"""Gap detection (``connectors/gaps.py``): the pure rules, then both platforms against the
+"""Gap detection (``connectors/policy/gaps.py``): the pure rules, then both platforms against the
 simulator's ``purge`` fault (retention by count, which no age rule can see) and the real broker.
 
 The simulator's clock is injected and moved forward by hand, so "events emitted while the
@@ -15,12 +15,12 @@ import pytest
 from test_conn_kafka import make_config
 from test_conn_session import SECRET, raw_has_everything, running, sim_stream, until
 
-from connectors import metrics
-from connectors.gaps import GapWatch, age_gap, replay_gap
+from ccstream import metrics
+from ccstream.records import rfc3339
 from connectors.platforms.genesys import parse_timestamp
-from connectors.progress import CursorProgress, SinceProgress
-from connectors.records import rfc3339
-from connectors.simulator import ClientSpec, Fault, SimSettings, Simulator
+from connectors.policy.gaps import GapWatch, age_gap, replay_gap
+from connectors.policy.progress import CursorProgress, SinceProgress
+from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 # -- pure ----------------------------------------------------------------------------------------
 

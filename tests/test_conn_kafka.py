@@ -12,17 +12,18 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connectors import cursor_store, records
-from connectors.config import Config, parse
-from connectors.platforms import adapter_for
-from connectors.sink import KafkaSink
-from connectors.topics import (
+from ccstream import records
+from ccstream.config import Config, parse
+from ccstream.topics import (
     contract_topics,
     ensure_topics,
     max_record_bytes,
     partition_count,
     topic_config,
 )
+from connectors.kafka import cursor_store
+from connectors.kafka.sink import KafkaSink
+from connectors.platforms import adapter_for
 
 pytestmark = pytest.mark.kafka
 
@@ -133,7 +134,7 @@ async def test_cursor_store_reads_back_the_latest_value_per_stream(
 def test_cursors_command_lists_every_stream() -> None:
     """``ccstream cursors`` shows each configured stream's cursor, says when there is none, and
     marks cursors of streams no longer configured."""
-    from connectors.commands.cursors import render
+    from ccstream.commands.cursors import render
 
     config = make_config("x:1", "p", [
         {"name": "g", "platform": "genesys", "url": "wss://h/e", "token_url": "https://h/t",

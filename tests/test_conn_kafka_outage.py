@@ -17,11 +17,11 @@ import pytest
 from test_conn_kafka import make_config, read_all
 from test_conn_session import SECRET, running, sim_stream, until
 
-from connectors import records
-from connectors.config import Config
+from ccstream import records
+from ccstream.config import Config
 from connectors.platforms.genesys import parse_timestamp
-from connectors.simulator import ClientSpec, SimSettings, Simulator
-from pipeline import devkafka
+from devtools import devkafka
+from simulator import ClientSpec, SimSettings, Simulator
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

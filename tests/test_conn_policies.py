@@ -13,20 +13,20 @@ import orjson
 import pytest
 from aiokafka.errors import RecordTooLargeError
 
-from connectors.backoff import Backoff, salted_random
-from connectors.breaker import TRANSITIONS, Breaker, BreakerState, BreakerTransitionError
-from connectors.close_codes import Action, classify_close, classify_handshake
-from connectors.config import KafkaSettings, TopicNames
-from connectors.keepalive import Beat, KeepAlive
+from ccstream.config import KafkaSettings, TopicNames
+from ccstream.records import rfc3339
+from ccstream.topics import max_record_bytes
+from connectors.kafka.sink import KafkaSink
 from connectors.platforms import adapter_for
-from connectors.progress import CursorProgress, SinceProgress
-from connectors.ratelimit import TokenBucket
-from connectors.records import rfc3339
-from connectors.retry import ReconnectPolicy, RetryWindow
-from connectors.sink import KafkaSink
-from connectors.stopping import Stopping
+from connectors.policy.backoff import Backoff, salted_random
+from connectors.policy.breaker import TRANSITIONS, Breaker, BreakerState, BreakerTransitionError
+from connectors.policy.close_codes import Action, classify_close, classify_handshake
+from connectors.policy.keepalive import Beat, KeepAlive
+from connectors.policy.progress import CursorProgress, SinceProgress
+from connectors.policy.ratelimit import TokenBucket
+from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.sources.stopping import Stopping
 from connectors.tokens import expires_at, jwt_exp, refresh_at
-from connectors.topics import max_record_bytes
 
 
 def fixed(value: float):

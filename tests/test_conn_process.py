@@ -21,9 +21,10 @@ from test_conn_fuzz import ScriptedServer
 from test_conn_kafka import FAST_CONNECTOR, dedup_keys, read_all
 from test_conn_session import SECRET, until
 
-from connectors import cursor_store, records
+from ccstream import records
+from connectors.kafka import cursor_store
 from connectors.platforms.genesys import parse_timestamp
-from connectors.simulator import ClientSpec, SimSettings, Simulator
+from simulator import ClientSpec, SimSettings, Simulator
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -24,9 +24,9 @@ from test_conn_session import (
     until,
 )
 
-from connectors import records
-from connectors.simulator import ClientSpec, Fault, SimSettings, Simulator
-from pipeline.devkafka import free_port
+from ccstream import records
+from devtools.devkafka import free_port
+from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 pytestmark = pytest.mark.kafka
 

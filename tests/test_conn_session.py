@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from test_conn_kafka import dedup_keys, make_config, read_all
 
-from connectors import metrics, records
-from connectors.config import Config
+from ccstream import metrics, records
+from ccstream.config import Config
 from connectors.runner import Outcome, Runner
-from connectors.session import StreamStatus
-from connectors.simulator import ClientSpec, Fault, SimSettings, Simulator
+from connectors.sources.websocket import StreamStatus
+from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 pytestmark = pytest.mark.kafka
 
@@ -210,7 +210,7 @@ async def test_log_capture_of_a_full_run_holds_no_secret(
         bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     """Refreshes, auth closes, handshake rejections and reconnects log no token, refresh token
     or client secret."""
-    from connectors.logs import JsonFormatter
+    from ccstream.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     async with genesys_sim(token_lifetime_s=1.0) as sim:

@@ -21,8 +21,8 @@ import pytest
 from test_conn_kafka import make_config
 from test_conn_session import SECRET, genesys_sim, raw_has_everything, running, until
 
-from connectors.session import StreamStatus
-from connectors.simulator import Simulator
+from connectors.sources.websocket import StreamStatus
+from simulator import Simulator
 
 pytestmark = pytest.mark.kafka
 

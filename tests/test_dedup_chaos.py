@@ -27,7 +27,7 @@ from test_dedup_kafka import (
     write_config,
 )
 
-from connectors.config import Config
+from ccstream.config import Config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -25,9 +25,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors import records
-from connectors.config import Config, parse
-from connectors.topics import partition_count
+from ccstream import records
+from ccstream.config import Config, parse
+from ccstream.topics import partition_count
 from pipeline.dedup import state as dedup_state
 from pipeline.dedup.table import changelog_topic_name, state_digest
 
@@ -377,7 +377,7 @@ async def test_replay_forwards_nothing_clean_already_holds(
 
 def test_replay_since_accepts_rfc3339_and_epoch_only() -> None:
     """--since takes RFC 3339 with a zone or epoch seconds; anything else is a config error."""
-    from connectors.config import ConfigError
+    from ccstream.config import ConfigError
     from pipeline.dedup.replay import parse_since
 
     assert parse_since("2024-01-15T10:30:00.000Z") == 1705314600.0

@@ -25,8 +25,8 @@ from test_dedup_kafka import (
     write_config,
 )
 
-from connectors.config import Config
-from connectors.topics import TopicSpec, ensure_topics
+from ccstream.config import Config
+from ccstream.topics import TopicSpec, ensure_topics
 from pipeline.bloom import policy_for
 from pipeline.dedup import keys
 from pipeline.dedup.app import changelog_retention_s

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from connectors.config import Config, KafkaSettings, TopicNames
-from connectors.topics import contract_topics, ensure_topics, partition_count, topic_config
-from pipeline import devkafka
+from ccstream.config import Config, KafkaSettings, TopicNames
+from ccstream.topics import contract_topics, ensure_topics, partition_count, topic_config
+from devtools import devkafka
 
 
 async def test_produce_and_consume_round_trip(bootstrap: str, topic_prefix: str) -> None:
@@ -73,7 +73,7 @@ def test_tied_broker_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from pipeline import devkafka\n"
+        "from devtools import devkafka\n"
         f"c = devkafka.KafkaCluster(Path({str(tmp_path)!r}), tied=True).start()\n"
         "print(c.nodes[0].process.pid, flush=True)\n"
         "time.sleep(600)\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.config import load
+from ccstream.config import load
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from connectors import logs
+from ccstream import logs
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from connectors.simulator import ClientSpec, SimSettings, Simulator
-from pipeline import devkafka
-from pipeline.e2e import compare, emitted, pipeline_config, plan_streams, read_topic
-from pipeline.progress import TopicTail, scrape, total
+from devtools import devkafka
+from devtools.e2e import compare, emitted, pipeline_config, plan_streams, read_topic
+from devtools.live import TopicTail, scrape, total
+from simulator import ClientSpec, SimSettings, Simulator
 
 pytestmark = pytest.mark.timeout(180)
 

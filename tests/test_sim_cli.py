@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.simulator.faults import PRESETS, FaultKind
-from pipeline import cli
+from ccstream import cli
+from simulator.faults import PRESETS, FaultKind
 
 
 def test_help_documents_every_fault_and_preset(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from connectors.simulator import ClientSpec, Fault, SimSettings, Simulator
+from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 Token = Callable[..., Awaitable[str]]
 ID, SECRET = "acme", "s3cret-acme"

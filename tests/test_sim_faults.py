@@ -17,8 +17,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from connectors.simulator import ClientSpec, Fault, SimSettings, Simulator
-from connectors.simulator.faults import preset_schedule
+from simulator import ClientSpec, Fault, SimSettings, Simulator
+from simulator.faults import preset_schedule
 
 Token = Callable[..., Awaitable[str]]
 ID, SECRET = "acme", "s3cret-acme"

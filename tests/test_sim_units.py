@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from connectors.simulator.board import FaultBoard
-from connectors.simulator.connection import TRANSITIONS, ConnState, is_auth_close
-from connectors.simulator.events import (
+from simulator.board import FaultBoard
+from simulator.connection import TRANSITIONS, ConnState, is_auth_close
+from simulator.events import (
     EventFactory,
     EventLog,
     decode_cursor,
@@ -16,7 +16,7 @@ from connectors.simulator.events import (
     parse_rfc3339_ms,
     rfc3339_ms,
 )
-from connectors.simulator.faults import (
+from simulator.faults import (
     PRESETS,
     Fault,
     FaultKind,
@@ -26,7 +26,7 @@ from connectors.simulator.faults import (
     parse_script,
     preset_schedule,
 )
-from connectors.simulator.tokens import TokenBook, TokenState, peek_client
+from simulator.tokens import TokenBook, TokenState, peek_client
 
 
 class _Conn:
@@ -38,7 +38,7 @@ class _Conn:
 
 def test_connection_state_table_is_walked_and_enforced() -> None:
     """Every allowed transition succeeds and every other one raises, for every state."""
-    from connectors.simulator.connection import Connection
+    from simulator.connection import Connection
 
     for source in ConnState:
         for target in ConnState:

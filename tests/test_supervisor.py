@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.devkafka import is_alive
 from pipeline import supervisor
-from pipeline.devkafka import is_alive
 
 
 def _script(tmp_path: Path, body: str) -> list[str]:

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from connectors.config import Platform
-from connectors.progress import Progress
+from ccstream.config import Platform
+from connectors.policy.progress import Progress
 
 HEARTBEAT = "system.heartbeat"
 CLOSING = "system.socket_closing"

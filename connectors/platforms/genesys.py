@@ -10,7 +10,8 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from connectors.config import Platform
+from ccstream.config import Platform
+from ccstream.records import dedup_key
 from connectors.platforms import (
     Frame,
     FrameKind,
@@ -20,8 +21,7 @@ from connectors.platforms import (
     stream_params,
     with_query,
 )
-from connectors.progress import Progress, SinceProgress
-from connectors.records import dedup_key
+from connectors.policy.progress import Progress, SinceProgress
 
 KEYS = ("eventType", "correlationId", "timestamp")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from connectors.config import Platform
+from ccstream.config import Platform
+from ccstream.records import dedup_key
 from connectors.platforms import (
     Frame,
     FrameKind,
@@ -20,8 +21,7 @@ from connectors.platforms import (
     with_query,
 )
 from connectors.platforms.genesys import parse_timestamp
-from connectors.progress import CursorProgress, Progress
-from connectors.records import dedup_key
+from connectors.policy.progress import CursorProgress, Progress
 
 KEYS = ("eventType", "correlationId", "timestamp", "cursor")
 
@@ -46,7 +46,7 @@ class Nice:
             FrameKind.EVENT, raw, correlation_id=doc["correlationId"],
             dedup_key=dedup_key(doc["eventType"], doc["correlationId"], doc["timestamp"]),
             cursor=doc["cursor"],
-            # only for gap detection (connectors/gaps.py): the cursor is the resume point, so
+            # only for gap detection (connectors/policy/gaps.py): the cursor is the resume point, so
             # an unreadable timestamp is not bad input here
             epoch=parse_timestamp(doc["timestamp"]),
         )

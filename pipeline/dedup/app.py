@@ -31,12 +31,12 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
 
-from connectors import metrics
-from connectors.config import Config
-from connectors.logs import get_logger
-from connectors.records import H_DLQ_ENCODING, H_DLQ_REASON, H_STREAM, Headers, header
-from connectors.sink import dlq_value
-from connectors.topics import committed_offsets, max_record_bytes
+from ccstream import metrics
+from ccstream.config import Config
+from ccstream.logs import get_logger
+from ccstream.records import H_DLQ_ENCODING, H_DLQ_REASON, H_STREAM, Headers, header
+from ccstream.topics import committed_offsets, max_record_bytes
+from connectors.kafka.sink import dlq_value
 from pipeline.bloom import policy_for
 from pipeline.dedup import keys
 from pipeline.dedup.state import PartitionDedup, Position, Verdict

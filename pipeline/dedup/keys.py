@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from connectors.records import H_DEDUP_KEY, Headers, dedup_key, header
+from ccstream.records import H_DEDUP_KEY, Headers, dedup_key, header
 
 # a dedup key is three short strings; anything longer is not an event's key
 MAX_KEY_BYTES = 4096

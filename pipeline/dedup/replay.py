@@ -26,9 +26,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.config import Config, ConfigError
-from connectors.records import H_DLQ_REASON, Headers, header
-from connectors.topics import partition_count
+from ccstream.config import Config, ConfigError
+from ccstream.records import H_DLQ_REASON, Headers, header
+from ccstream.topics import partition_count
 
 H_REPLAY = "ccstream-replay"
 

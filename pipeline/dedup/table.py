@@ -27,8 +27,8 @@ import faust
 from faust.stores.base import Store
 from faust.types import TP, EventT
 
-from connectors import metrics
-from connectors.logs import get_logger
+from ccstream import metrics
+from ccstream.logs import get_logger
 from pipeline.dedup.state import PartitionDedup
 
 log = get_logger("ccstream.dedup")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from connectors import logs
-from connectors.config import Config, ConfigError
-from connectors.topics import TopicSpec, contract_topics, ensure_topics, partition_count
+from ccstream import logs
+from ccstream.config import Config, ConfigError
+from ccstream.topics import TopicSpec, contract_topics, ensure_topics, partition_count
 from pipeline.dedup.app import DedupAgent, Topology, build_app, changelog_retention_s
 from pipeline.dedup.table import changelog_topic_name
 
@@ -71,7 +71,7 @@ def run(config: Config, agent_type: type[DedupAgent] | None = None) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     if config.metrics.port is not None:
-        from connectors.metrics import serve
+        from ccstream.metrics import serve
 
         loop.run_until_complete(serve(config.metrics.host, config.metrics.port))
     worker = faust.Worker(app, loop=loop, loglevel=logging.getLogger().level,

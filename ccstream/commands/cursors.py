@@ -1,0 +1,44 @@
+"""Show each stream's committed cursor, as read back from the compacted cursor topic.
+
+One line per stream of the configuration: name, platform, resume parameter (`since` or
+`cursor`), value and when it was committed; streams without a cursor say so. Streams found in
+the topic but not in the configuration are listed too, marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from ccstream.config import Config, load
+from connectors.kafka import cursor_store
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="the TOML configuration (kafka-and-cli.md)")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    stored = asyncio.run(cursor_store.load(config.kafka.bootstrap_servers, config.topics.cursors))
+    for line in render(config, stored):
+        print(line)
+    return 0
+
+
+def render(config: Config, stored: dict[str, cursor_store.StoredCursor]) -> list[str]:
+    lines = []
+    known = {s.name for s in config.streams}
+    for stream in config.streams:
+        cursor = stored.get(stream.name)
+        if cursor is None:
+            lines.append(f"{stream.name}\t{stream.platform}\t(no cursor committed)")
+        else:
+            lines.append(f"{stream.name}\t{cursor.platform}\t{cursor.param}={cursor.value}"
+                         f"\tupdated_at={cursor.updated_at}")
+    for name in sorted(set(stored) - known):
+        cursor = stored[name]
+        lines.append(f"{name}\t{cursor.platform}\t{cursor.param}={cursor.value}"
+                     f"\tupdated_at={cursor.updated_at}\t(not in the configuration)")
+    return lines

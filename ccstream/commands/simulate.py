@@ -1,0 +1,223 @@
+"""Serve simulated Genesys Cloud CX and NICE CXone platforms on loopback, faults on demand.
+
+One port serves the OAuth2 token endpoint (POST /oauth/token), the Genesys-flavour stream
+(GET /api/v2/analytics/events, resume with since=), the NICE-flavour stream
+(GET /api/v2/ws/events, resume with cursor=), and the simulator's own endpoints: GET /_sim/stats
+(per-client counters), GET /_sim/ledger (every distinct event emitted), POST /_sim/faults (inject a
+JSON list of faults while running). It prints its URLs and a ready-to-paste [[streams]] snippet,
+then runs until SIGINT/SIGTERM (or --duration). Every client id is a tenant with its own streams.
+Durations of the platform (token lifetimes, ping windows, heartbeats, retention age) are divided
+by --time-scale; fault times and durations are real seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from simulator.faults import (
+    PRESETS,
+    Fault,
+    FaultScriptError,
+    describe,
+    load_script,
+    parse_inline,
+)
+from simulator.settings import PLATFORMS, ClientSpec, Platform, SimSettings
+
+EXIT_USAGE = 2
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
+    return value
+
+
+def _client(text: str) -> ClientSpec:
+    """``ID:SECRET[:genesys,nice]``."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise argparse.ArgumentTypeError(f"expected ID:SECRET[:genesys,nice], not {text!r}")
+    platforms: tuple[Platform, ...] = PLATFORMS
+    if len(parts) == 3:
+        chosen = [p for p in PLATFORMS if p in parts[2].split(",")]
+        if not chosen or len(chosen) != len(parts[2].split(",")):
+            raise argparse.ArgumentTypeError(f"platforms are genesys and/or nice, not {parts[2]!r}")
+        platforms = tuple(chosen)
+    return ClientSpec(parts[0], parts[1], platforms)
+
+
+def _one_line_error(prog: str) -> Any:
+    def error(message: str) -> NoReturn:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    return error
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    # bad options answer one clear line (argparse would add the whole usage block)
+    setattr(parser, "error", _one_line_error("ccstream simulate"))  # noqa: B010
+    parser.epilog = describe()
+    defaults = SimSettings()
+    add = parser.add_argument
+    add("--host", default=defaults.host, help="address to bind (default %(default)s)")
+    add("--port", type=int, default=8780, help="port, 0 = any free one (default %(default)s)")
+    add("--client", type=_client, action="append", default=[], metavar="ID:SECRET[:PLATFORMS]",
+        help="an OAuth client (tenant); repeatable; default: one 'demo' client with a random "
+        "secret on both platforms")
+    add("--seed", type=int, default=defaults.seed, help="seed of events and faults")
+    add("--rate", type=_non_negative, default=defaults.rate,
+        help="events/s per stream (default %(default)s)")
+    add("--types", default="", help="comma-separated event types (default: the platform's)")
+    add("--correlation-ids", type=_count, default=defaults.correlation_ids,
+        help="live interactions per stream (default %(default)s)")
+    add("--retention-events", type=_count, default=defaults.retention_events,
+        help="retained events per stream (default %(default)s)")
+    add("--retention-s", type=_positive, default=defaults.retention_s,
+        help="retention age, platform seconds (default %(default)s)")
+    add("--duplicate-rate", type=_non_negative, default=defaults.duplicate_rate,
+        help="share of live events sent twice (default %(default)s)")
+    add("--token-lifetime", type=_positive, default=None,
+        help="access token lifetime, platform seconds (default: Genesys 7200, NICE 3600)")
+    add("--clock-skew", type=float, default=0.0,
+        help="seconds added to the simulator's clock (exp, iat, timestamps)")
+    add("--time-scale", type=_positive, default=1.0,
+        help="divide every platform duration by this (3600: an hour lasts a second)")
+    add("--max-connections", type=_count, default=defaults.max_connections,
+        help="open connections per client id (default %(default)s)")
+    add("--limit-answer", choices=("429", "1013"), default=defaults.limit_answer,
+        help="answer beyond the limit (default %(default)s)")
+    add("--ping-window", type=_positive, default=None,
+        help="drop a client silent for this long, platform s (default: Genesys 15, NICE 30)")
+    add("--heartbeat", type=_positive, default=defaults.heartbeat_s,
+        help="heartbeat interval, platform seconds (default %(default)s)")
+    add("--faults", metavar="PRESET|FILE", default=None,
+        help=f"a preset ({', '.join(PRESETS)}) or a fault script (.toml with [[fault]] tables, "
+        ".json with a list)")
+    add("--fault", action="append", default=[], metavar="kind=K,key=value,...",
+        help="one fault, inline; repeatable (see below)")
+    add("--preset-interval", type=_positive, default=defaults.preset_interval_s,
+        help="mean seconds between preset faults (default %(default)s)")
+    add("--duration", type=_positive, default=None, help="stop after this many seconds")
+
+
+def _faults(args: argparse.Namespace) -> tuple[str | None, list[Fault]]:
+    preset = None
+    faults: list[Fault] = []
+    if args.faults:
+        if args.faults in PRESETS:
+            preset = args.faults
+        elif Path(args.faults).suffix in (".toml", ".json") or Path(args.faults).exists():
+            faults.extend(load_script(args.faults))
+        else:
+            known = ", ".join(PRESETS)
+            raise FaultScriptError("--faults", f"{args.faults!r} is neither a preset ({known}) "
+                                   "nor a fault script file")
+    for index, text in enumerate(args.fault):
+        try:
+            faults.append(parse_inline(text))
+        except FaultScriptError as err:
+            raise FaultScriptError(f"--fault #{index + 1}: {err.where}", err.problem) from None
+    return preset, faults
+
+
+def settings_from(args: argparse.Namespace, preset: str | None) -> SimSettings:
+    clients = tuple(args.client) or (ClientSpec("demo", secrets.token_urlsafe(12)),)
+    types = tuple(t for t in args.types.split(",") if t) or None
+    return SimSettings(
+        clients=clients, host=args.host, port=args.port, seed=args.seed, rate=args.rate,
+        types=types, correlation_ids=args.correlation_ids,
+        retention_events=args.retention_events, retention_s=args.retention_s,
+        duplicate_rate=min(args.duplicate_rate, 1.0), token_lifetime_s=args.token_lifetime,
+        clock_skew_s=args.clock_skew, time_scale=args.time_scale,
+        max_connections=args.max_connections, limit_answer=args.limit_answer,
+        ping_window_s=args.ping_window, heartbeat_s=args.heartbeat, preset=preset,
+        preset_interval_s=args.preset_interval,
+    )
+
+
+def snippet(sim: Any) -> str:
+    """URLs and a ready-to-paste ``[[streams]]`` block per client and platform."""
+    lines = [
+        f"# ccstream simulate on {sim.base_url} (seed {sim.settings.seed}, "
+        f"preset {sim.settings.preset or 'none'})",
+        f"# token:   {sim.token_url}",
+        f"# genesys: {sim.stream_url('genesys')}",
+        f"# nice:    {sim.stream_url('nice')}",
+        f"# stats:   {sim.base_url}/_sim/stats    ledger: {sim.base_url}/_sim/ledger",
+        f"# faults:  POST {sim.base_url}/_sim/faults  (a JSON list of faults)",
+    ]
+    for spec in sim.clients.values():
+        for platform in spec.platforms:
+            lines += ["", "[[streams]]", f'name = "{platform}-{spec.client_id}"',
+                      f'platform = "{platform}"', f'url = "{sim.stream_url(platform)}"',
+                      f'token_url = "{sim.token_url}"', f'client_id = "{spec.client_id}"',
+                      f'client_secret = "{spec.secret}"  # a simulator credential']
+    return "\n".join(lines)
+
+
+async def _serve(settings: SimSettings, faults: list[Fault], duration: float | None) -> int:
+    from simulator.server import Simulator
+
+    sim = Simulator(settings, faults)
+    try:
+        await sim.start()
+    except OSError as err:
+        print(f"ccstream simulate: cannot listen on {settings.host}:{settings.port}: "
+              f"{err.strerror}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(snippet(sim), flush=True)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=duration)
+    finally:
+        await sim.stop()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from ccstream.logs import configure as configure_logs
+
+    try:
+        preset, faults = _faults(args)
+        settings = settings_from(args, preset)
+    except (FaultScriptError, ValueError) as err:
+        print(f"ccstream simulate: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logs("INFO", "console")
+    return asyncio.run(_serve(settings, faults, args.duration))

@@ -1,0 +1,412 @@
+"""One stream's session loop: connect, pump frames into Kafka, decide, wait, connect again.
+
+The loop owns every attempt (one ``connect()`` each, URL built fresh: token, resume point,
+types) and carries out the decisions of the pure policies: ``close_codes`` says what an ending
+means, ``ReconnectPolicy`` how long to wait and whether the breaker opens, ``KeepAlive`` when the
+connection is dead, ``Progress`` where to resume. It never raises for a platform or Kafka
+failure: it reconnects, or, for a non-retriable answer (403, ``invalid_client``), stops *this*
+stream with a clear error (``fatal``) and nothing else.
+
+Before every attempt: the token is checked (and refreshed if due, single-flight), sends still in
+flight are given ``close_timeout_s`` to settle, and ``Progress.rewind()`` pins the resume point,
+so whatever Kafka has not acknowledged is replayed by the platform.
+
+Kafka failures (``delivery``): the stream stops reading, closes its socket with 1000, and connects
+again only once Kafka has taken what was in flight (``kafka.waiting`` / ``kafka.recovered``), so
+an outage costs one reconnect per stream, not one per backoff delay. Gaps (``gaps``): checked
+before each attempt (age) and on the first event of each connection (replay). Frames over the
+hard cap (1009): the next attempt reads with a raised cap (``wire``), once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from ccstream import metrics
+from ccstream.config import ConnectorSettings, StreamConfig
+from ccstream.logs import BoundLogger, get_logger
+from ccstream.records import rfc3339
+from connectors.kafka.cursor_store import StoredCursor
+from connectors.kafka.delivery import Delivery, safe_error
+from connectors.kafka.sink import KafkaSink
+from connectors.platforms import Frame, FrameKind, adapter_for
+from connectors.platforms.genesys import parse_timestamp
+from connectors.policy import close_codes
+from connectors.policy.backoff import Backoff
+from connectors.policy.breaker import Breaker, BreakerState
+from connectors.policy.close_codes import Action, Disposition
+from connectors.policy.gaps import Gap, GapWatch
+from connectors.policy.keepalive import KeepAlive
+from connectors.policy.ratelimit import TokenBucket
+from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.sources.stopping import Stopping
+from connectors.sources.wire import (
+    HARD_CAP_FACTOR,
+    RAISED_CAP_FACTOR,
+    TLS_HINT,
+    TypedConnection,
+    drive_keepalive,
+    open_connection,
+    tls_context,
+)
+from connectors.tokens import CERT_ERROR, TokenError, TokenManager
+
+
+class StreamStatus(enum.Enum):
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    WAITING = "waiting"
+    OPEN = "open"          # breaker open
+    STOPPED = "stopped"
+    FAILED = "failed"      # non-retriable error
+
+
+@dataclass
+class SessionDeps:
+    sink: KafkaSink
+    tokens: TokenManager
+    limiter: TokenBucket
+    clock: Callable[[], float]   # monotonic: delays, keep-alive
+    wall: Callable[[], float]    # epoch seconds: received-at, gaps
+    rand: Callable[[], float]    # the salted random source of this stream
+    on_change: Callable[[Session], None] = lambda _: None
+
+
+class Session:
+    def __init__(self, stream: StreamConfig, settings: ConnectorSettings, deps: SessionDeps,
+                 stored: StoredCursor | None = None) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.deps = deps
+        self.platform = adapter_for(stream.platform)
+        self.log: BoundLogger = get_logger("ccstream.connector", stream=stream.name,
+                                           platform=stream.platform)
+        self.policy = ReconnectPolicy(
+            Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.jitter, deps.rand,
+                    settings.deployment_offset_s),
+            RetryWindow(settings.retry_window_s), Breaker(settings.breaker_cooldown_s),
+            settings.max_attempts, settings.max_auth_failures,
+        )
+        resume = stored.value if stored is not None else None
+        self.progress = self.platform.progress(resume, settings.since_lateness_s)
+        seen = stored.updated_epoch() if stored is not None else None
+        self.ping_interval_s = stream.ping_interval_s or self.platform.ping_interval_s
+        self.retention_s = stream.retention_s or self.platform.retention_s
+        self.gaps = GapWatch(resume, seen or deps.wall(), self.retention_s,
+                             settings.since_lateness_s,
+                             parse_timestamp if self.platform.resume_param == "since" else None)
+        self.delivery = Delivery(stream, deps.sink, self.progress, deps.wall, log=self.log,
+                                 on_failure=self._on_kafka_failure)
+        self._tls = tls_context(stream, self.log)
+        self.status = StreamStatus.STARTING
+        self.fatal: str | None = None
+        self._stopping = Stopping()
+        self._ws: TypedConnection | None = None
+        self._closer: asyncio.Task[None] | None = None
+        # sockets left behind by a planned reconnect, still finishing their close handshake
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._dead = False
+        self._kafka_failed = False  # on this connection
+        self._kafka_down = False    # since then, until what was in flight is delivered
+        self._over_cap = False      # the last connection closed with 1009 (frame over cap)
+        self._first_event = True
+        self.connections = 0
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        """Every per-stream series exists from the start (a scrape shows 0, not nothing)."""
+        name = self.stream.name
+        for counter in (metrics.GAPS, metrics.EVENTS_IN, metrics.EVENTS_PRODUCED,
+                        metrics.HEARTBEATS, metrics.WS_CONNECTS, metrics.CURSOR_COMMITS):
+            counter.labels(name)
+        for gauge in (metrics.BREAKER_STATE, metrics.BACKOFF_CURRENT, metrics.STREAM_FAILED,
+                      metrics.STREAM_CONNECTED):
+            gauge.labels(name).set(0)
+        wall, delivery = self.deps.wall, self.delivery
+        metrics.LAST_EVENT_AGE.labels(name).set_function(lambda: wall() - delivery.last_event)
+
+    # -- control -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop reading; close the open socket with 1000 "Graceful shutdown" (contract §3)."""
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(
+                ws.close(1000, "Graceful shutdown"))
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not await self._wait_until_allowed():
+                    break
+                disposition = await self._attempt_safely()
+                if disposition.action is Action.STOP:
+                    break
+                if disposition.action is Action.FATAL:
+                    self._fail(disposition)
+                    return
+                await self._after(disposition)
+        finally:
+            if self._retiring:
+                await asyncio.wait(self._retiring, timeout=self.settings.close_timeout_s)
+            if self.status is not StreamStatus.FAILED:
+                self._set(StreamStatus.STOPPED)
+            metrics.BACKOFF_CURRENT.labels(self.stream.name).set(0)
+
+    def note_resume(self, point: str | None, now: float) -> None:
+        """The committer saw ``point`` as the resume point at wall time ``now`` (gap ages)."""
+        self.gaps.note_resume(point, now)
+
+    # -- one attempt ---------------------------------------------------------------------------
+    async def _wait_until_allowed(self) -> bool:
+        while (wait := self.policy.ready(self.deps.clock())) > 0:
+            if not await self._stopping.sleep(wait):
+                return False
+        if self.policy.breaker.state is BreakerState.HALF_OPEN:
+            metrics.BREAKER_STATE.labels(self.stream.name).set(1)
+            self.log.info("breaker.half_open")
+        wait = self.deps.limiter.reserve(self.deps.clock())
+        if wait > 0:
+            self.log.debug("ws.rate_limited", wait_s=round(wait, 3))
+            return await self._stopping.sleep(wait)
+        return not self._stopping.is_set()
+
+    async def _attempt_safely(self) -> Disposition:
+        try:
+            return await self._attempt()
+        except Exception as err:  # noqa: BLE001 (one stream's defect must not stop the others)
+            self.log.error("stream.internal_error", error=safe_error(err))
+            return Disposition(Action.RECONNECT, "internal_error")
+
+    async def _attempt(self) -> Disposition:  # noqa: PLR0911 (each outcome is one return)
+        self._set(StreamStatus.CONNECTING)
+        try:
+            token = await self._stopping.race(self.deps.tokens.get())
+        except TokenError as err:
+            if not err.retriable:
+                hint = ("check client_id and the client secret" if err.error == "invalid_client"
+                        else TLS_HINT if err.error == CERT_ERROR else "check token_url")
+                return Disposition(Action.FATAL, "bad_credentials", detail=(
+                    f"stream {self.stream.name}: the token endpoint answered {err.status} "
+                    f"{err.error}: {hint}"))
+            self.log.warning("token.failed", status=err.status, error=err.error,
+                             retry_after_s=err.retry_after_s)
+            return Disposition(Action.RECONNECT, "token_error", err.retry_after_s)
+        if token is None or (self._kafka_down and not await self._wait_for_kafka()):
+            return close_codes.stop()
+        # sends still in flight get a bounded time, so the resume point replays less
+        await self.delivery.settle(self.settings.close_timeout_s)
+        anchor = self.progress.replay_anchor()
+        resume = self.progress.rewind()
+        self._report_gap(self.gaps.connecting(resume, anchor, self.deps.wall()))
+        url = self.platform.url(self.stream.url, token, resume, self.stream.types)
+        try:
+            ws = await self._stopping.race(open_connection(
+                url, max_frame_bytes=self.settings.max_frame_bytes,
+                open_timeout_s=self.settings.open_timeout_s,
+                close_timeout_s=self.settings.close_timeout_s, context=self._tls,
+                cap_factor=self._next_cap()))
+        except InvalidStatus as err:
+            return self._rejected(err, token)
+        except ssl.SSLCertVerificationError as err:
+            # not retriable: the same certificate fails the same way on every attempt
+            return Disposition(Action.FATAL, "tls_verify_failed", detail=(
+                f"stream {self.stream.name}: the server's certificate was not verified "
+                f"({err.verify_message}): {TLS_HINT}"))
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as err:
+            self.log.warning("ws.connect_failed", error=safe_error(err))
+            return close_codes.connect_error()
+        if ws is None:
+            return close_codes.stop()
+        return await self._connected(ws, token, resume)
+
+    def _rejected(self, err: InvalidStatus, token: str) -> Disposition:
+        status = err.response.status_code
+        headers = dict(err.response.headers.raw_items())
+        disposition = close_codes.classify_handshake(status, headers)
+        if disposition.auth:
+            self.deps.tokens.invalidate(token)
+        self.log.warning("ws.handshake_rejected", status=status, cause=disposition.cause,
+                         retry_after_s=disposition.floor_s)
+        if disposition.action is Action.FATAL:
+            return Disposition(Action.FATAL, disposition.cause,
+                               detail=f"stream {self.stream.name}: {disposition.detail}")
+        return disposition
+
+    async def _connected(self, ws: TypedConnection, token: str, resume: str | None
+                         ) -> Disposition:
+        self._ws = ws
+        self.connections += 1
+        metrics.WS_CONNECTS.labels(self.stream.name).inc()
+        metrics.STREAM_CONNECTED.labels(self.stream.name).set(1)
+        self.log.info("ws.connected", resume=resume, connection=self.connections)
+        if self._stopping.is_set():
+            self.stop()  # a stop that arrived during the handshake: close what just opened
+        try:
+            return await self._pump(ws, token)
+        finally:
+            closer = self._closer
+            if closer is not None and closer in self._retiring:
+                pass  # a planned reconnect does not wait for the old socket's close handshake
+            elif closer is not None:
+                await asyncio.gather(closer, return_exceptions=True)
+            else:
+                await ws.close()
+            self._ws = None
+            self._closer = None
+            metrics.STREAM_CONNECTED.labels(self.stream.name).set(0)
+
+    # -- the open connection ---------------------------------------------------------------------
+    async def _pump(self, ws: TypedConnection, token: str) -> Disposition:
+        clock = self.deps.clock
+        keepalive = KeepAlive(self.ping_interval_s, self.settings.pong_timeout_s, clock())
+        self._dead = self._kafka_failed = False
+        self._first_event = True
+        keeper = asyncio.get_running_loop().create_task(
+            drive_keepalive(ws, keepalive, clock, self._mark_dead, self.log))
+        try:
+            while True:
+                data, binary = await ws.recv_typed()
+                keepalive.inbound(clock())
+                frame = self.platform.parse(data, binary, self.settings.max_frame_bytes)
+                if frame.kind is FrameKind.CLOSING:
+                    self.log.info("ws.closing_notice")
+                    # the close frame goes out now; its handshake may queue behind frames the
+                    # server still sends, so it finishes in the background while we reconnect
+                    self._closer = asyncio.get_running_loop().create_task(
+                        ws.close(1000, "Planned reconnect"))
+                    self._retiring.add(self._closer)
+                    self._closer.add_done_callback(self._retiring.discard)
+                    return close_codes.closing_notice()
+                if frame.kind is FrameKind.EVENT and self._first_event:
+                    self._on_first_event(frame)
+                await self.delivery.handle(frame)
+                if self._kafka_failed:  # stop reading: what follows could not be delivered
+                    return close_codes.kafka_error()
+        except ConnectionClosed as err:
+            return await self._closed(err, token)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    def _on_kafka_failure(self) -> None:
+        self._kafka_down = True  # the next attempt waits for Kafka first
+        ws = self._ws
+        if ws is not None and not self._kafka_failed and self._closer is None:
+            # the platform replays it after a reconnect from the acknowledged prefix
+            self._kafka_failed = True
+            self._closer = asyncio.get_running_loop().create_task(
+                ws.close(1000, "Reconnecting"))
+
+    def _next_cap(self) -> int:
+        """The frame cap factor of this attempt: raised once after a 1009 (see ``wire``)."""
+        if not self._over_cap:
+            return HARD_CAP_FACTOR
+        self._over_cap = False
+        self.log.warning("ws.frame_cap_raised", max_size=self.settings.max_frame_bytes
+                         * RAISED_CAP_FACTOR)
+        return RAISED_CAP_FACTOR
+
+    async def _wait_for_kafka(self) -> bool:
+        """After a Kafka failure, connect again only once Kafka has taken what is in flight.
+
+        aiokafka's idempotent producer never expires a batch: it retries until the broker is
+        back. Reconnecting meanwhile would only have the platform replay into a producer that
+        cannot deliver, reconnect after reconnect. False if stopped while waiting.
+        """
+        self.log.warning("kafka.waiting", in_flight=self.delivery.in_flight)
+        if await self._stopping.race(self.delivery.drain()) is None:
+            return False
+        self._kafka_down = False
+        self.log.info("kafka.recovered")
+        return True
+
+    def _on_first_event(self, frame: Frame) -> None:
+        self._first_event = False
+        self._report_gap(self.gaps.first_event(frame.epoch))
+        if self.policy.event():
+            self.log.info("breaker.closed")
+        metrics.BREAKER_STATE.labels(self.stream.name).set(0)
+        self._set(StreamStatus.STREAMING)
+
+    def _mark_dead(self) -> None:
+        self._dead = True
+
+    async def _closed(self, err: ConnectionClosed, token: str) -> Disposition:
+        if self._stopping.is_set():
+            self.log.info("ws.closed", cause="shutdown", code=1000)
+            return close_codes.stop()
+        if self._dead:
+            return close_codes.pong_timeout()
+        if self._kafka_failed:
+            return close_codes.kafka_error()
+        rcvd, sent = err.rcvd, err.sent
+        # websockets closed with 1009 itself: a frame over the hard cap (the server may not
+        # even echo the close), so the cause is ours, whatever came back
+        self._over_cap = sent is not None and sent.code == 1009
+        if self._over_cap:
+            await self.delivery.dead_letter(
+                b"", "frame_over_hard_cap: websockets closed with 1009")
+            rcvd = sent
+        disposition = close_codes.classify_close(rcvd.code if rcvd else None,
+                                                 rcvd.reason if rcvd else "")
+        if disposition.auth:
+            self.deps.tokens.invalidate(token)  # never reuse a token after an auth close
+        self.log.info("ws.closed", code=rcvd.code if rcvd else None,
+                      reason=rcvd.reason if rcvd else None, cause=disposition.cause)
+        return disposition
+
+    # -- between attempts ------------------------------------------------------------------------
+    async def _after(self, disposition: Disposition) -> None:
+        name = self.stream.name
+        if disposition.action is Action.PLANNED:
+            plan = self.policy.planned()
+        else:
+            plan = self.policy.failure(self.deps.clock(), disposition.floor_s,
+                                       auth=disposition.auth)
+        metrics.WS_RECONNECTS.labels(name, disposition.cause).inc()
+        if plan.opened:
+            metrics.BREAKER_STATE.labels(name).set(2)
+            self.log.error("breaker.opened", attempts=plan.attempts, cause=disposition.cause,
+                           cooldown_s=plan.delay_s)
+            self._set(StreamStatus.OPEN)
+        else:
+            self._set(StreamStatus.WAITING)
+        metrics.BACKOFF_DELAY.labels(name).observe(plan.delay_s)
+        metrics.BACKOFF_CURRENT.labels(name).set(plan.delay_s)
+        self.log.info("ws.reconnect_scheduled", cause=disposition.cause,
+                      delay_s=round(plan.delay_s, 3), attempts=plan.attempts,
+                      floor_s=disposition.floor_s)
+        await self._stopping.sleep(plan.delay_s)
+        metrics.BACKOFF_CURRENT.labels(name).set(0)
+
+    def _report_gap(self, gap: Gap | None) -> None:
+        """Contract §2: a resume point older than retention loses events; report, not hide."""
+        if gap is None:
+            return
+        metrics.GAPS.labels(self.stream.name).inc()
+        self.log.error("stream.gap", rule=gap.rule, resume=gap.resume,
+                       age_s=None if gap.age_s is None else round(gap.age_s, 3),
+                       retention_s=self.retention_s,
+                       anchor=None if gap.anchor is None else rfc3339(gap.anchor),
+                       first=None if gap.first is None else rfc3339(gap.first))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _fail(self, disposition: Disposition) -> None:
+        self.fatal = disposition.detail or disposition.cause
+        metrics.STREAM_FAILED.labels(self.stream.name).set(1)
+        self.log.error("stream.failed", cause=disposition.cause, error=self.fatal)
+        self._set(StreamStatus.FAILED)
+
+    def _set(self, status: StreamStatus) -> None:
+        if status is not self.status:
+            self.status = status
+            self.deps.on_change(self)
+
