@@ -11,7 +11,7 @@ import yaml
 
 from ccstream.config import load
 
-DOCKER = Path(__file__).resolve().parent.parent / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 
 def _compose() -> dict[str, object]:
