@@ -28,6 +28,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+# the project's own packages (what "the code measured" and "frames in ccstream code" mean)
+CODE_DIRS = ("ccstream", "connectors", "pipeline", "simulator", "devtools")
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -44,7 +46,7 @@ def code_state() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
                               capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ccstream", "connectors", "pipeline", "simulator", "devtools"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_DIRS],
                                cwd=REPO, text=True, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
@@ -226,8 +228,8 @@ def summarize_collapsed(path: Path, top: int = 15) -> str:
         return "(no samples)"
     lines = [f"{total} samples; self %   frame"]
     lines += [f"  {100 * n / total:5.1f}   {frame}" for frame, n in self_time.most_common(top)]
-    lines.append("inclusive % (frames in ccstream code: ccstream/, connectors/, pipeline/)")
-    ours = [(f, n) for f, n in inclusive.most_common() if any(d in f for d in ("ccstream/", "connectors/", "pipeline/"))]
+    lines.append("inclusive % (frames in ccstream's own packages)")
+    ours = [(f, n) for f, n in inclusive.most_common() if any(f"{d}/" in f for d in CODE_DIRS)]
     lines += [f"  {100 * n / total:5.1f}   {frame}" for frame, n in ours[:top]]
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """Herd behaviour: 1,000 streams dropped at once, reconnecting through ccstream's own policies.
 
 Two models, both driven by the real pure policies (``connectors.policy.backoff.Backoff``,
-``salted_random``, ``connectors.policy.ratelimit.TokenBucket``) on a simulated clock:
+``connectors.salt.salted_random``, ``connectors.policy.ratelimit.TokenBucket``) on a simulated
+clock:
 
 1. **Reconnect herd** (the integration guide's "Thundering herd on regional failover"):
    ``--streams`` streams spread over ``--hosts`` identical deployment nodes are all dropped at t=0.
@@ -34,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccstream.config import JitterKind
-from connectors.policy.backoff import Backoff, salted_random
+from connectors.policy.backoff import Backoff
 from connectors.policy.ratelimit import TokenBucket
+from connectors.salt import salted_random
 
 JITTERS: tuple[JitterKind, ...] = ("default", "full", "decorrelated", "none")
 WINDOW_S = 0.1

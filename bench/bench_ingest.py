@@ -153,7 +153,7 @@ async def write_cursors(bootstrap: str, prefix: str, streams: int, since: str) -
     await producer.start()
     try:
         for i in range(streams):
-            value = cursor_store.encode("genesys", "since", since, time.time())
+            value = cursor_store.encode("genesys", {"since": since}, time.time())
             await producer.send_and_wait(f"{prefix}.cursors", value=value,
                                          key=f"s{i}".encode())
     finally:

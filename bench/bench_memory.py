@@ -110,8 +110,8 @@ async def fill_raw(bootstrap: str, topic: str, keys: int, first: int = 0) -> Non
     import orjson
     from aiokafka import AIOKafkaProducer
 
-    from ccstream.topics import TopicSpec, ensure_topics
     from ccstream import records
+    from ccstream.topics import TopicSpec, ensure_topics
 
     await ensure_topics(bootstrap, [TopicSpec(topic, 1, 1, {})])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,

@@ -13,16 +13,23 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from ccstream.errors import CcstreamError
+
 ENV_PREFIX = "CCSTREAM_"
 
-Platform = Literal["genesys", "nice"]
+Platform = Literal["genesys", "nice", "genesys-cloud", "cxone"]
+GuidePlatform = Literal["genesys", "nice"]
+CxoneEndpoint = Literal["agents/states", "contacts/active", "skills/activity"]
+CXONE_ENDPOINTS: tuple[CxoneEndpoint, ...] = ("agents/states", "contacts/active",
+                                              "skills/activity")
 
 
-class ConfigError(ValueError):
+class ConfigError(CcstreamError, ValueError):
     """Bad configuration; ``key`` is the path of the offending key (``streams[0].url``)."""
 
     retriable = False
@@ -89,9 +96,44 @@ class ConnectorSettings(_Section):
     exit_when_all_open: bool = True
 
 
+StreamName = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _http_only_to_loopback(url: str, key: str) -> None:
+    """The real platforms' contracts: plain ``http``/``ws`` only to loopback (tests)."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("http", "ws") and not _loopback(url):
+        raise ValueError(f"{key}: {scheme}:// is only allowed to a loopback host; use "
+                         f"{scheme}s://")
+
+
+def _secret_from(stream: str, key: str, inline: SecretStr | None, env: str | None) -> str:
+    if inline is not None:
+        return inline.get_secret_value()
+    assert env is not None
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"streams.{stream}.{key}_env", f"environment variable {env} is not set")
+    return value
+
+
+def _one_of(inline: SecretStr | None, env: str | None, key: str) -> None:
+    if inline is None and env is None:
+        raise ValueError(f"one of {key}_env or {key} is required")
+    if inline is not None and env is not None:
+        raise ValueError(f"give {key}_env or {key}, not both")
+
+
 class StreamConfig(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    platform: Platform
+    """A stream of the integration guide's flavours (``platform = "genesys" | "nice"``)."""
+
+    name: str = StreamName
+    platform: GuidePlatform
     url: str = Field(pattern=r"^wss?://")
     token_url: str = Field(pattern=r"^https?://")
     client_id: str = Field(min_length=1)
@@ -107,24 +149,128 @@ class StreamConfig(_Section):
 
     @model_validator(mode="after")
     def _one_secret_source(self) -> StreamConfig:
-        if self.client_secret is None and self.client_secret_env is None:
-            raise ValueError("one of client_secret_env or client_secret is required")
-        if self.client_secret is not None and self.client_secret_env is not None:
-            raise ValueError("give client_secret_env or client_secret, not both")
+        _one_of(self.client_secret, self.client_secret_env, "client_secret")
         return self
 
     def secret(self) -> str:
         """The client secret, read from the environment variable when one is named."""
-        if self.client_secret is not None:
-            return self.client_secret.get_secret_value()
-        assert self.client_secret_env is not None
-        value = os.environ.get(self.client_secret_env)
-        if not value:
-            raise ConfigError(
-                f"streams.{self.name}.client_secret_env",
-                f"environment variable {self.client_secret_env} is not set",
-            )
-        return value
+        return _secret_from(self.name, "client_secret", self.client_secret,
+                            self.client_secret_env)
+
+    def inline_secrets(self) -> tuple[str, ...]:
+        return ("client_secret",) if self.client_secret is not None else ()
+
+
+class GenesysCloudStream(_Section):
+    """A Genesys Cloud Notifications stream (``platform = "genesys-cloud"``, docs/genesys-cloud.md).
+
+    ``url``, ``token_url``, ``types`` and ``ping_interval_s`` are not keys of this platform and are
+    refused like any unknown key (the contract says so: a socket with no token, topics instead
+    of types, health checks instead of pings).
+    """
+
+    name: str = StreamName
+    platform: Literal["genesys-cloud"]
+    api_url: str = Field(pattern=r"^https?://")
+    # None = api_url's host with its leading "api." replaced by "login." (the SDKs' rule)
+    login_url: str | None = Field(None, pattern=r"^https?://")
+    client_id: str = Field(min_length=1)
+    client_secret_env: str | None = None
+    client_secret: SecretStr | None = None
+    topics: tuple[str, ...] = Field(min_length=1)
+    # set: {queue} / {user} expand to exactly these ids (no listing)
+    queues: tuple[str, ...] | None = None
+    users: tuple[str, ...] | None = None
+    backfill: bool = True
+    settle_s: float = Field(60.0, ge=0)
+    channel_rollover_s: float = Field(82_800.0, gt=0)
+    max_channels: int = Field(5, ge=1, le=20)
+    health_after_s: float = Field(35.0, gt=0)
+    health_timeout_s: float = Field(5.0, gt=0)
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _checks(self) -> GenesysCloudStream:
+        _one_of(self.client_secret, self.client_secret_env, "client_secret")
+        _http_only_to_loopback(self.api_url, "api_url")
+        if self.login_url is not None:
+            _http_only_to_loopback(self.login_url, "login_url")
+        elif (not (urlsplit(self.api_url).hostname or "").startswith("api.")
+              and not _loopback(self.api_url)):
+            raise ValueError("login_url is required when api_url's host does not start "
+                                 "with 'api.'")
+        return self
+
+    def login(self) -> str:
+        """The login (OAuth) base URL: configured, or derived from ``api_url``."""
+        if self.login_url is not None:
+            return self.login_url.rstrip("/")
+        parts = urlsplit(self.api_url)
+        host = parts.netloc
+        if host.startswith("api."):
+            host = "login." + host[len("api."):]
+        return urlunsplit((parts.scheme, host, "", "", "")).rstrip("/")
+
+    def secret(self) -> str:
+        return _secret_from(self.name, "client_secret", self.client_secret,
+                            self.client_secret_env)
+
+    def inline_secrets(self) -> tuple[str, ...]:
+        return ("client_secret",) if self.client_secret is not None else ()
+
+
+class CxoneStream(_Section):
+    """A NICE CXone real-time data stream (``platform = "cxone"``, docs/cxone.md): HTTP polls."""
+
+    name: str = StreamName
+    platform: Literal["cxone"]
+    discovery_url: str = Field("https://cxone.niceincontact.com", pattern=r"^https?://")
+    access_key_id: str = Field(min_length=1)
+    access_key_secret_env: str | None = None
+    access_key_secret: SecretStr | None = None
+    client_id: str = Field(min_length=1)
+    client_secret_env: str | None = None
+    client_secret: SecretStr | None = None
+    tenant_id: str | None = None
+    endpoints: tuple[CxoneEndpoint, ...] = CXONE_ENDPOINTS
+    # at least one second: a faster poll only burns the tenant's rate limit (docs/cxone.md)
+    poll_interval_s: float = Field(5.0, ge=1.0)
+    api_version: str = "v32.0"
+    backfill: bool = True
+    settle_s: float = Field(60.0, ge=0)
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _checks(self) -> CxoneStream:
+        _one_of(self.access_key_secret, self.access_key_secret_env, "access_key_secret")
+        _one_of(self.client_secret, self.client_secret_env, "client_secret")
+        _http_only_to_loopback(self.discovery_url, "discovery_url")
+        parts = urlsplit(self.discovery_url)
+        if not parts.hostname:
+            raise ValueError(f"discovery_url: {self.discovery_url!r} has no host")
+        if len(set(self.endpoints)) != len(self.endpoints) or not self.endpoints:
+            raise ValueError("endpoints: give each endpoint once, at least one")
+        return self
+
+    def secret(self) -> str:
+        """The app's client secret."""
+        return _secret_from(self.name, "client_secret", self.client_secret,
+                            self.client_secret_env)
+
+    def access_secret(self) -> str:
+        return _secret_from(self.name, "access_key_secret", self.access_key_secret,
+                            self.access_key_secret_env)
+
+    def inline_secrets(self) -> tuple[str, ...]:
+        return tuple(key for key, value in (("client_secret", self.client_secret),
+                                            ("access_key_secret", self.access_key_secret))
+                     if value is not None)
+
+
+AnyStream = Annotated[StreamConfig | GenesysCloudStream | CxoneStream,
+                      Field(discriminator="platform")]
 
 
 class DedupSettings(_Section):
@@ -170,7 +316,7 @@ class Config(_Section):
     dedup: DedupSettings = DedupSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
-    streams: tuple[StreamConfig, ...] = ()
+    streams: tuple[AnyStream, ...] = ()
 
     @model_validator(mode="after")
     def _unique_stream_names(self) -> Config:
@@ -182,13 +328,16 @@ class Config(_Section):
         return self
 
 
+_PLATFORM_TAGS = ("genesys", "nice", "genesys-cloud", "cxone")
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "model"):  # pydantic validator markers, not keys
-            continue
+        elif part in ("function-after", "model") or part in _PLATFORM_TAGS:
+            continue  # pydantic's validator markers and union tags are not keys
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -224,7 +373,10 @@ def parse(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> 
         return Config.model_validate(merged)
     except ValidationError as err:
         first = err.errors()[0]
-        raise ConfigError(_key_path(tuple(first["loc"])), first["msg"]) from None
+        loc = tuple(first["loc"])
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "platform")  # the stream's platform picks its keys: name that key
+        raise ConfigError(_key_path(loc), first["msg"]) from None
 
 
 def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -13,6 +13,10 @@ H_PLATFORM = "ccstream-platform"
 H_DEDUP_KEY = "ccstream-dedup-key"
 H_RECEIVED_AT = "ccstream-received-at"
 H_CURSOR = "ccstream-cursor"
+# the real platforms' sources: where a record came from ("live" | "backfill") and, on backfill
+# records, the gap it fills ("from/to", RFC 3339)
+H_SOURCE = "ccstream-source"
+H_GAP = "ccstream-gap"
 # DLQ records: why the frame was refused, and whether the value was base64-encoded
 H_DLQ_REASON = "ccstream-dlq-reason"
 H_DLQ_ENCODING = "ccstream-dlq-encoding"

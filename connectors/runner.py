@@ -1,16 +1,18 @@
 """Every stream of one configuration in one process: start-up, cursor commits, shutdown.
 
-Start-up: create missing topics, start the one producer, read every stream's last cursor back
-from the cursor topic, one ``TokenManager`` per credential (token URL + client id, so N streams
-of one tenant share one refresh), one per-host ``TokenBucket`` for every stream's reconnects.
+The runner knows streams only as ``Source`` objects (``connectors.sources.base``): it never sees
+a socket, a channel or a poll. Start-up: create missing topics, start the one producer, read
+every stream's last cursor back from the cursor topic, build each stream's source with what the
+sources of one process share (``Shared``: one token manager per credential, so N streams of one
+tenant share one refresh; one per-host ``TokenBucket`` for every stream's reconnects).
 
 Streams are isolated: each runs in its own task, a stream that fails stops alone, and the process
 only gives up (exit non-zero, one line on stderr) when *every* stream has failed or has its
 breaker open (``exit_when_all_open``).
 
-Cursors: every ``cursor_commit_interval_s`` each stream's resume point (which ``Progress`` only
-moves over acknowledged records) is written when it changed, and once more at shutdown after the
-producer is flushed.
+Cursors: every ``cursor_commit_interval_s`` each source's ``checkpoint`` (which only covers
+acknowledged records) is written when it changed, and once more at shutdown after the producer
+is flushed.
 
 Shutdown (SIGTERM/SIGINT, kafka-and-cli.md): stop reading, close every socket with 1000
 "Graceful shutdown" and wait for the close (bounded by ``close_timeout_s``), flush the producer,
@@ -29,17 +31,16 @@ from dataclasses import dataclass
 import aiohttp
 
 from ccstream import metrics
-from ccstream.config import Config, StreamConfig
+from ccstream.config import AnyStream, Config
 from ccstream.logs import get_logger
 from ccstream.topics import contract_topics, ensure_topics
+from connectors import sources
 from connectors.kafka import cursor_store
 from connectors.kafka.delivery import safe_error
 from connectors.kafka.sink import KafkaSink
-from connectors.policy.backoff import instance_salt, salted_random
 from connectors.policy.ratelimit import TokenBucket
-from connectors.sources.websocket import Session, SessionDeps, StreamStatus
-from connectors.sources.wire import tls_context
-from connectors.tokens import TokenManager
+from connectors.salt import instance_salt, salted_random
+from connectors.sources.base import CursorBody, Shared, Source, SourceDeps, SourceStatus
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,10 +59,10 @@ class Runner:
         self.wall = wall
         self.log = get_logger("ccstream.connector")
         self.sink = KafkaSink(config.kafka, config.topics, config.connector.max_frame_bytes)
-        self.sessions: list[Session] = []
+        self.sources: list[Source] = []
         self._stop = asyncio.Event()
         self._signals = 0
-        self._committed: dict[str, str | None] = {}
+        self._committed: dict[str, CursorBody | None] = {}
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -85,7 +86,8 @@ class Runner:
     async def run(self) -> Outcome:
         if not self.config.streams:
             return Outcome(EXIT_FAILED, "no [[streams]] in the configuration")
-        secrets = {s.name: s.secret() for s in self.config.streams}  # ConfigError early
+        for stream in self.config.streams:  # ConfigError early: a secret's variable is unset
+            sources.check_secrets(stream)
         await ensure_topics(self.config.kafka.bootstrap_servers, contract_topics(self.config))
         await self.sink.start()
         metrics_runner = None
@@ -96,52 +98,45 @@ class Runner:
                 metrics_runner = await metrics.serve(self.config.metrics.host,
                                                      self.config.metrics.port)
             async with aiohttp.ClientSession() as http:
-                self._build(stored, secrets, http)
+                self._build(stored, http)
                 return await self._supervise()
         finally:
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
             await self.sink.stop()
 
-    def _build(self, stored: dict[str, cursor_store.StoredCursor], secrets: dict[str, str],
+    def _build(self, stored: dict[str, cursor_store.StoredCursor],
                http: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
         salt = instance_salt()
         limiter = TokenBucket(self.settings.reconnects_per_second, self.settings.reconnect_burst,
                               loop.time())
-        managers: dict[tuple[str, str], TokenManager] = {}
+        shared = Shared()
         for stream in self.config.streams:
             log = get_logger("ccstream.connector", stream=stream.name, platform=stream.platform)
-            key = (stream.token_url, stream.client_id)
-            if key not in managers:
-                managers[key] = TokenManager(
-                    stream.token_url, stream.client_id, secrets[stream.name],
-                    buffer_s=self.settings.token_safety_buffer_s, http=http, clock=self.wall,
-                    ssl=tls_context(stream, log) if stream.token_url.startswith("https") else None,
-                )
-            if stream.client_secret is not None:
-                log.warning("config.inline_secret",
-                            advice="use client_secret_env: secrets in files leak into backups")
+            for key in stream.inline_secrets():
+                log.warning("config.inline_secret", key=key,
+                            advice=f"use {key}_env: secrets in files leak into backups")
             cursor = _matching(stored.get(stream.name), stream)
-            self._committed[stream.name] = cursor.value if cursor else None
-            deps = SessionDeps(self.sink, managers[key], limiter, loop.time, self.wall,
-                               salted_random(salt, stream.name).random, self._on_change)
-            self.sessions.append(Session(stream, self.settings, deps, cursor))
+            self._committed[stream.name] = cursor.body if cursor else None
+            deps = SourceDeps(self.sink, limiter, loop.time, self.wall,
+                              salted_random(salt, stream.name).random, http=http, shared=shared,
+                              on_change=self._on_change)
+            self.sources.append(sources.build(stream, self.config, deps, cursor))
             self.log.info("stream.configured", stream=stream.name, platform=stream.platform,
-                          resume=cursor.value if cursor else None)
+                          resume=cursor.describe() if cursor else None)
 
     async def _supervise(self) -> Outcome:
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(s.run(), name=f"stream:{s.stream.name}")
-                 for s in self.sessions]
+        tasks = [loop.create_task(s.run(), name=f"stream:{s.name}") for s in self.sources]
         committer = loop.create_task(self._commit_loop())
         every_done = loop.create_task(asyncio.wait(tasks))
         stop = loop.create_task(self._stop.wait())
         await asyncio.wait({stop, every_done}, return_when=asyncio.FIRST_COMPLETED)
         started = loop.time()
         outcome = self._failure_outcome()
-        for session in self.sessions:
-            session.stop()
+        for source in self.sources:
+            source.stop()
         committer.cancel()
         clean = await self._shutdown(tasks, started)
         for task in (stop, every_done, committer):
@@ -156,25 +151,24 @@ class Runner:
     def _failure_outcome(self) -> Outcome | None:
         """Why the exit status is not 0: a stream stopped on a non-retriable error (even while
         others ran on), or every stream's breaker is open."""
-        failed = [f"{s.fatal}" for s in self.sessions if s.fatal]
+        failed = [f"{s.fatal}" for s in self.sources if s.fatal]
         all_down = self._all_down()
         if not failed and not all_down:
             return None
-        opened = [s.stream.name for s in self.sessions
-                  if all_down and s.status is StreamStatus.OPEN]
+        opened = [s.name for s in self.sources if all_down and s.status is SourceStatus.OPEN]
         parts = failed + ([f"circuit breaker open for {', '.join(opened)}"] if opened else [])
         return Outcome(EXIT_FAILED, "; ".join(parts) or "every stream stopped")
 
     def _all_down(self) -> bool:
-        return bool(self.sessions) and all(
-            s.status in (StreamStatus.FAILED, StreamStatus.OPEN) for s in self.sessions)
+        return bool(self.sources) and all(
+            s.status in (SourceStatus.FAILED, SourceStatus.OPEN) for s in self.sources)
 
-    def _on_change(self, session: Session) -> None:
-        if session.status in (StreamStatus.FAILED, StreamStatus.OPEN) and self._all_down() and (
+    def _on_change(self, source: Source) -> None:
+        if source.status in (SourceStatus.FAILED, SourceStatus.OPEN) and self._all_down() and (
             self.settings.exit_when_all_open
-            or all(s.status is StreamStatus.FAILED for s in self.sessions)
+            or all(s.status is SourceStatus.FAILED for s in self.sources)
         ):
-            self.log.error("connector.giving_up", streams=len(self.sessions))
+            self.log.error("connector.giving_up", streams=len(self.sources))
             self._stop.set()
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], started: float) -> bool:
@@ -213,23 +207,23 @@ class Runner:
     async def _commit_all(self) -> None:
         futures = []
         now = self.wall()
-        for session in self.sessions:
-            name = session.stream.name
-            point = session.progress.resume_point()
-            session.note_resume(point, now)
-            if point is None or point == self._committed.get(name):
+        for source in self.sources:
+            body = source.checkpoint(now)
+            if body is None or body == self._committed.get(source.name):
                 continue
-            value = cursor_store.encode(session.stream.platform,
-                                        session.platform.resume_param, point, now)
-            futures.append((session, point, await self.sink.send_cursor(name, value)))
-        for session, point, future in futures:
+            value = cursor_store.encode(source.platform, body, now)
+            futures.append((source, body, await self.sink.send_cursor(source.name, value)))
+        for source, body, future in futures:
             await future
-            self._committed[session.stream.name] = point
-            metrics.CURSOR_COMMITS.labels(session.stream.name).inc()
-            session.log.info("cursor.committed", resume=point)
+            self._committed[source.name] = body
+            source.committed(body, now)
+            metrics.CURSOR_COMMITS.labels(source.name).inc()
+            get_logger("ccstream.connector", stream=source.name).info(
+                "cursor.committed", resume=cursor_store.StoredCursor(
+                    source.platform, body, "").describe())
 
 
-def _matching(cursor: cursor_store.StoredCursor | None, stream: StreamConfig
+def _matching(cursor: cursor_store.StoredCursor | None, stream: AnyStream
               ) -> cursor_store.StoredCursor | None:
     """The stored cursor, unless it belongs to another platform (a renamed stream)."""
     if cursor is None or cursor.platform == stream.platform:

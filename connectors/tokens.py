@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 
 from ccstream import metrics
+from ccstream.errors import CcstreamError
 from ccstream.logs import BoundLogger, get_logger
 from connectors.policy.close_codes import _seconds
 
@@ -76,7 +77,7 @@ class Token:
 CERT_ERROR = "certificate_verify_failed"
 
 
-class TokenError(Exception):
+class TokenError(CcstreamError):
     """The token endpoint refused or failed; never carries a token or secret."""
 
     def __init__(self, credential: str, status: int | None, error: str, *,

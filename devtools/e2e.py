@@ -25,7 +25,7 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ccstream.config import Platform
+from ccstream.config import GuidePlatform as Platform
 from ccstream.records import H_DEDUP_KEY, header
 from ccstream.topics import partition_count
 

@@ -1,8 +1,10 @@
 """Show each stream's committed cursor, as read back from the compacted cursor topic.
 
-One line per stream of the configuration: name, platform, resume parameter (`since` or
-`cursor`), value and when it was committed; streams without a cursor say so. Streams found in
-the topic but not in the configuration are listed too, marked as such.
+One line per stream of the configuration: name, platform, the resume point (`since=` or
+`cursor=` for the guide's flavours; `watermark=` and `open_gaps=` for Genesys Cloud; each
+endpoint's `lastPollTime` and `open_gaps=` for CXone) and when it was committed; streams
+without a cursor say so. Streams found in the topic but not in the configuration are listed too,
+marked as such.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def render(config: Config, stored: dict[str, cursor_store.StoredCursor]) -> list
         if cursor is None:
             lines.append(f"{stream.name}\t{stream.platform}\t(no cursor committed)")
         else:
-            lines.append(f"{stream.name}\t{cursor.platform}\t{cursor.param}={cursor.value}"
+            lines.append(f"{stream.name}\t{cursor.platform}\t{cursor.describe()}"
                          f"\tupdated_at={cursor.updated_at}")
     for name in sorted(set(stored) - known):
         cursor = stored[name]
-        lines.append(f"{name}\t{cursor.platform}\t{cursor.param}={cursor.value}"
+        lines.append(f"{name}\t{cursor.platform}\t{cursor.describe()}"
                      f"\tupdated_at={cursor.updated_at}\t(not in the configuration)")
     return lines

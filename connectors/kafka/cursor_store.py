@@ -1,7 +1,11 @@
 """Cursors in Kafka: the compacted cursor topic, written by stream name, read back at start-up.
 
-``kafka-and-cli.md``: key = stream name, value = JSON ``{"platform", "since"|"cursor",
-"updated_at"}``. Consumer-group offsets are not used (they expire). Start-up reads the topic from
+Key = stream name, value = JSON ``{"platform", ..., "updated_at"}`` where ``...`` is the body the
+stream's source made (``checkpoint``): ``since`` or ``cursor`` for the guide's flavours,
+``watermark`` / ``open_gaps`` / ``channels`` for Genesys Cloud, ``endpoints`` / ``open_gaps`` for
+CXone (docs/kafka.md). Readers ignore keys they do not know. Consumer-group offsets are not used
+(they expire). The topic is read ``read_committed``: in cluster mode cursors are written in
+transactions, and an aborted one must never be taken for a cursor. Start-up reads the topic from
 its beginning to the end offsets it had when reading began, so the last value of every stream is
 seen even before compaction has run; a later value of one key replaces an earlier one, an empty
 value (tombstone) deletes it.
@@ -12,17 +16,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ccstream.errors import CcstreamError
 from ccstream.records import rfc3339
 from ccstream.topics import partition_count
 
 LOAD_TIMEOUT_S = 60.0
 
 
-class CursorStoreError(RuntimeError):
+class CursorStoreError(CcstreamError, RuntimeError):
     retriable = True
 
     def __init__(self, topic: str, problem: str) -> None:
@@ -34,9 +40,35 @@ class CursorStoreError(RuntimeError):
 @dataclass(frozen=True)
 class StoredCursor:
     platform: str
-    param: str          # "since" (Genesys) or "cursor" (NICE)
-    value: str
-    updated_at: str     # RFC 3339
+    body: dict[str, Any]   # every field but platform and updated_at
+    updated_at: str        # RFC 3339
+
+    @property
+    def param(self) -> str:
+        """The guide flavours' resume parameter: "since" (Genesys), "cursor" (NICE), or ""."""
+        return next((p for p in _GUIDE_PARAMS if isinstance(self.body.get(p), str)), "")
+
+    @property
+    def value(self) -> str | None:
+        """The guide flavours' resume point (None for the other platforms' cursors)."""
+        value = self.body.get(self.param) if self.param else None
+        return value if isinstance(value, str) else None
+
+    def describe(self) -> str:
+        """One line for ``ccstream cursors``: the resume point, watermark, endpoints, gaps."""
+        if self.value is not None:
+            return f"{self.param}={self.value}"
+        parts = []
+        if "watermark" in self.body:
+            parts.append(f"watermark={self.body['watermark']}")
+        endpoints = self.body.get("endpoints")
+        if isinstance(endpoints, dict):
+            parts += [f"{name}={value}" for name, value in sorted(endpoints.items())]
+        gaps = self.body.get("open_gaps")
+        if isinstance(gaps, list):
+            parts.append("open_gaps=" + (",".join(
+                "/".join(map(str, g)) for g in gaps if isinstance(g, list)) or "none"))
+        return " ".join(parts) or orjson.dumps(self.body).decode()
 
     def updated_epoch(self) -> float | None:
         try:
@@ -45,8 +77,11 @@ class StoredCursor:
             return None
 
 
-def encode(platform: str, param: str, value: str, updated_at: float) -> bytes:
-    return orjson.dumps({"platform": platform, param: value, "updated_at": rfc3339(updated_at)})
+_GUIDE_PARAMS = ("since", "cursor")
+
+
+def encode(platform: str, body: dict[str, Any], updated_at: float) -> bytes:
+    return orjson.dumps({"platform": platform, **body, "updated_at": rfc3339(updated_at)})
 
 
 def decode(raw: bytes | None) -> StoredCursor | None:
@@ -57,14 +92,10 @@ def decode(raw: bytes | None) -> StoredCursor | None:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("platform"), str):
         return None
-    for param in ("since", "cursor"):
-        value = doc.get(param)
-        if isinstance(value, str):
-            return StoredCursor(str(doc.get("platform", "")), param, value,
-                                str(doc.get("updated_at", "")))
-    return None
+    body = {k: v for k, v in doc.items() if k not in ("platform", "updated_at")}
+    return StoredCursor(doc["platform"], body, str(doc.get("updated_at", "")))
 
 
 async def load(bootstrap_servers: str, topic: str) -> dict[str, StoredCursor]:
@@ -77,7 +108,8 @@ async def load(bootstrap_servers: str, topic: str) -> dict[str, StoredCursor]:
     # no group, no seek: a fresh assignment starts at the earliest offset ("earliest"), which is
     # also where a compacted topic's first record is (seek_to_beginning raced with "latest")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest")
+                                group_id=None, auto_offset_reset="earliest",
+                                isolation_level="read_committed")
     await consumer.start()
     try:
         consumer.assign(tps)

@@ -29,11 +29,12 @@ from aiokafka.errors import (
 )
 
 from ccstream import metrics
-from ccstream.config import StreamConfig
+from ccstream.config import AnyStream
 from ccstream.logs import BoundLogger
-from connectors.kafka.sink import DeliveryFuture, KafkaSink
+from connectors.kafka.sink import DeliveryFuture
 from connectors.platforms import Frame, FrameKind
 from connectors.policy.progress import Progress
+from connectors.sources.base import Sink
 from connectors.sources.wire import redact_text
 
 # the broker or the producer will refuse this record whatever happens: never retry it
@@ -46,7 +47,7 @@ def safe_error(err: BaseException) -> str:
 
 
 class Delivery:
-    def __init__(self, stream: StreamConfig, sink: KafkaSink, progress: Progress,
+    def __init__(self, stream: AnyStream, sink: Sink, progress: Progress,
                  wall: Callable[[], float], *, log: BoundLogger,
                  on_failure: Callable[[], None]) -> None:
         self.stream = stream

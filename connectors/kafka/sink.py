@@ -108,6 +108,10 @@ class KafkaSink:
         ]
         if frame.cursor is not None:
             headers.append((records.H_CURSOR, frame.cursor.encode()))
+        if frame.origin is not None:
+            headers.append((records.H_SOURCE, frame.origin.encode()))
+            if frame.gap is not None:
+                headers.append((records.H_GAP, frame.gap.encode()))
         key = frame.correlation_id.encode()
         self._check_size(key, frame.raw, headers)
         future: DeliveryFuture = await self.producer.send(

@@ -40,6 +40,8 @@ class Frame:
     cursor: str | None = None     # NICE: the event's opaque cursor
     epoch: float | None = None    # Genesys: the event's timestamp, for the ``since`` watermark
     reason: str = ""              # BAD: why (the DLQ reason header)
+    origin: str | None = None     # the real platforms' sources: "live" | "backfill"
+    gap: str | None = None        # backfill records: the gap they fill, "from/to" (RFC 3339)
 
     @property
     def position(self) -> str | float | None:

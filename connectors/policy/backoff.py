@@ -1,6 +1,7 @@
 """Backoff between connection attempts: exponential, capped, jittered, salted per instance.
 
-Pure: the random source is a parameter (``salted_random``), nothing here sleeps or reads a clock.
+Pure: the random source is a parameter (``connectors.salt.salted_random``), nothing here sleeps or
+reads a clock.
 
 The default jitter is the platform guide's formula (``../shared/contracts/ccaas-wire.md`` §3)::
 
@@ -15,35 +16,11 @@ floor (``Retry-After``, 1013's ``retry_after``) is applied last: a floor is neve
 
 from __future__ import annotations
 
-import hashlib
-import os
-import random
-import socket
-import uuid
 from collections.abc import Callable
 
 from ccstream.config import JitterKind
 
 Random = Callable[[], float]
-
-
-def instance_salt() -> bytes:
-    """This process's salt: pid, hostname and a random id (integration guide, "Thundering herd").
-
-    The random id alone would do; pid and hostname make the salt explainable in a post-mortem.
-    """
-    return f"{os.getpid()}|{socket.gethostname()}|{uuid.uuid4().hex}".encode()
-
-
-def salted_random(salt: bytes, stream: str = "") -> random.Random:
-    """A random source seeded from the instance salt and the stream name.
-
-    Identical nodes started at the same instant would otherwise draw identical jitter and
-    reconnect in waves; each stream gets its own sequence so that streams of one process do not
-    move in lockstep either.
-    """
-    digest = hashlib.sha256(salt + b"|" + stream.encode()).digest()
-    return random.Random(int.from_bytes(digest[:16], "big"))
 
 
 class Backoff:

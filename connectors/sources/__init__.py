@@ -1,0 +1,29 @@
+"""Sources: one driver per kind of source, behind one ``Source`` interface (``base.py``).
+
+``build`` is the one place that maps a configured stream to its source; the runner calls it and
+knows nothing else of any transport.
+"""
+
+from __future__ import annotations
+
+from ccstream.config import AnyStream, Config, StreamConfig
+from connectors.kafka.cursor_store import StoredCursor
+from connectors.sources.base import Source, SourceDeps
+
+
+def check_secrets(stream: AnyStream) -> None:
+    """Read every secret of ``stream`` once, so that an unset variable fails at start-up
+    (``ConfigError`` with the key's path) rather than at the first connection."""
+    stream.secret()
+    if hasattr(stream, "access_secret"):
+        stream.access_secret()
+
+
+def build(stream: AnyStream, config: Config, deps: SourceDeps,
+          stored: StoredCursor | None) -> Source:
+    """The source of ``stream``, started from its stored cursor."""
+    if isinstance(stream, StreamConfig):
+        from connectors.sources.websocket import WebSocketSource
+
+        return WebSocketSource(stream, config.connector, deps, stored)
+    raise NotImplementedError(f"platform {stream.platform!r} has no source yet")

@@ -21,10 +21,7 @@ hard cap (1009): the next attempt reads with a raised cap (``wire``), once.
 from __future__ import annotations
 
 import asyncio
-import enum
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -34,7 +31,6 @@ from ccstream.logs import BoundLogger, get_logger
 from ccstream.records import rfc3339
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.kafka.delivery import Delivery, safe_error
-from connectors.kafka.sink import KafkaSink
 from connectors.platforms import Frame, FrameKind, adapter_for
 from connectors.platforms.genesys import parse_timestamp
 from connectors.policy import close_codes
@@ -43,8 +39,8 @@ from connectors.policy.breaker import Breaker, BreakerState
 from connectors.policy.close_codes import Action, Disposition
 from connectors.policy.gaps import Gap, GapWatch
 from connectors.policy.keepalive import KeepAlive
-from connectors.policy.ratelimit import TokenBucket
 from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.sources.base import CursorBody, SourceDeps, SourceStatus, TokenSource
 from connectors.sources.stopping import Stopping
 from connectors.sources.wire import (
     HARD_CAP_FACTOR,
@@ -58,34 +54,31 @@ from connectors.sources.wire import (
 from connectors.tokens import CERT_ERROR, TokenError, TokenManager
 
 
-class StreamStatus(enum.Enum):
-    STARTING = "starting"
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    WAITING = "waiting"
-    OPEN = "open"          # breaker open
-    STOPPED = "stopped"
-    FAILED = "failed"      # non-retriable error
+def guide_tokens(stream: StreamConfig, settings: ConnectorSettings, deps: SourceDeps
+                 ) -> TokenSource:
+    """The token manager of this stream's credential (token URL + client id), shared by every
+    stream of that credential in the process (one refresh in flight for all of them)."""
+    def make() -> TokenManager:
+        log = get_logger("ccstream.connector", stream=stream.name, platform=stream.platform)
+        assert deps.http is not None
+        return TokenManager(
+            stream.token_url, stream.client_id, stream.secret(),
+            buffer_s=settings.token_safety_buffer_s, http=deps.http, clock=deps.wall,
+            ssl=tls_context(stream, log) if stream.token_url.startswith("https") else None)
+
+    return deps.shared.get(("guide-token", stream.token_url, stream.client_id), make)
 
 
-@dataclass
-class SessionDeps:
-    sink: KafkaSink
-    tokens: TokenManager
-    limiter: TokenBucket
-    clock: Callable[[], float]   # monotonic: delays, keep-alive
-    wall: Callable[[], float]    # epoch seconds: received-at, gaps
-    rand: Callable[[], float]    # the salted random source of this stream
-    on_change: Callable[[Session], None] = lambda _: None
+class WebSocketSource:
+    """One resumable WebSocket stream of the integration guide's flavours (a ``Source``)."""
 
-
-class Session:
-    def __init__(self, stream: StreamConfig, settings: ConnectorSettings, deps: SessionDeps,
-                 stored: StoredCursor | None = None) -> None:
+    def __init__(self, stream: StreamConfig, settings: ConnectorSettings, deps: SourceDeps,
+                 stored: StoredCursor | None = None, tokens: TokenSource | None = None) -> None:
         self.stream = stream
         self.settings = settings
         self.deps = deps
-        self.platform = adapter_for(stream.platform)
+        self.tokens = tokens if tokens is not None else guide_tokens(stream, settings, deps)
+        self.adapter = adapter_for(stream.platform)
         self.log: BoundLogger = get_logger("ccstream.connector", stream=stream.name,
                                            platform=stream.platform)
         self.policy = ReconnectPolicy(
@@ -95,17 +88,17 @@ class Session:
             settings.max_attempts, settings.max_auth_failures,
         )
         resume = stored.value if stored is not None else None
-        self.progress = self.platform.progress(resume, settings.since_lateness_s)
+        self.progress = self.adapter.progress(resume, settings.since_lateness_s)
         seen = stored.updated_epoch() if stored is not None else None
-        self.ping_interval_s = stream.ping_interval_s or self.platform.ping_interval_s
-        self.retention_s = stream.retention_s or self.platform.retention_s
+        self.ping_interval_s = stream.ping_interval_s or self.adapter.ping_interval_s
+        self.retention_s = stream.retention_s or self.adapter.retention_s
         self.gaps = GapWatch(resume, seen or deps.wall(), self.retention_s,
                              settings.since_lateness_s,
-                             parse_timestamp if self.platform.resume_param == "since" else None)
+                             parse_timestamp if self.adapter.resume_param == "since" else None)
         self.delivery = Delivery(stream, deps.sink, self.progress, deps.wall, log=self.log,
                                  on_failure=self._on_kafka_failure)
         self._tls = tls_context(stream, self.log)
-        self.status = StreamStatus.STARTING
+        self.status: SourceStatus = SourceStatus.STARTING
         self.fatal: str | None = None
         self._stopping = Stopping()
         self._ws: TypedConnection | None = None
@@ -132,6 +125,14 @@ class Session:
         wall, delivery = self.deps.wall, self.delivery
         metrics.LAST_EVENT_AGE.labels(name).set_function(lambda: wall() - delivery.last_event)
 
+    @property
+    def name(self) -> str:
+        return self.stream.name
+
+    @property
+    def platform(self) -> str:
+        return self.stream.platform
+
     # -- control -------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop reading; close the open socket with 1000 "Graceful shutdown" (contract §3)."""
@@ -156,13 +157,18 @@ class Session:
         finally:
             if self._retiring:
                 await asyncio.wait(self._retiring, timeout=self.settings.close_timeout_s)
-            if self.status is not StreamStatus.FAILED:
-                self._set(StreamStatus.STOPPED)
+            if self.status is not SourceStatus.FAILED:
+                self._set(SourceStatus.STOPPED)
             metrics.BACKOFF_CURRENT.labels(self.stream.name).set(0)
 
-    def note_resume(self, point: str | None, now: float) -> None:
-        """The committer saw ``point`` as the resume point at wall time ``now`` (gap ages)."""
-        self.gaps.note_resume(point, now)
+    def checkpoint(self, now: float) -> CursorBody | None:
+        """``{"since": T}`` or ``{"cursor": C}``: the replay point over the acknowledged prefix."""
+        point = self.progress.resume_point()
+        self.gaps.note_resume(point, now)  # the age of a resume point counts from here (gaps)
+        return None if point is None else {self.adapter.resume_param: point}
+
+    def committed(self, body: CursorBody, now: float) -> None:
+        """Nothing to do: the platform replays from any committed point."""
 
     # -- one attempt ---------------------------------------------------------------------------
     async def _wait_until_allowed(self) -> bool:
@@ -186,9 +192,9 @@ class Session:
             return Disposition(Action.RECONNECT, "internal_error")
 
     async def _attempt(self) -> Disposition:  # noqa: PLR0911 (each outcome is one return)
-        self._set(StreamStatus.CONNECTING)
+        self._set(SourceStatus.CONNECTING)
         try:
-            token = await self._stopping.race(self.deps.tokens.get())
+            token = await self._stopping.race(self.tokens.get())
         except TokenError as err:
             if not err.retriable:
                 hint = ("check client_id and the client secret" if err.error == "invalid_client"
@@ -206,7 +212,7 @@ class Session:
         anchor = self.progress.replay_anchor()
         resume = self.progress.rewind()
         self._report_gap(self.gaps.connecting(resume, anchor, self.deps.wall()))
-        url = self.platform.url(self.stream.url, token, resume, self.stream.types)
+        url = self.adapter.url(self.stream.url, token, resume, self.stream.types)
         try:
             ws = await self._stopping.race(open_connection(
                 url, max_frame_bytes=self.settings.max_frame_bytes,
@@ -232,7 +238,7 @@ class Session:
         headers = dict(err.response.headers.raw_items())
         disposition = close_codes.classify_handshake(status, headers)
         if disposition.auth:
-            self.deps.tokens.invalidate(token)
+            self.tokens.invalidate(token)
         self.log.warning("ws.handshake_rejected", status=status, cause=disposition.cause,
                          retry_after_s=disposition.floor_s)
         if disposition.action is Action.FATAL:
@@ -275,7 +281,7 @@ class Session:
             while True:
                 data, binary = await ws.recv_typed()
                 keepalive.inbound(clock())
-                frame = self.platform.parse(data, binary, self.settings.max_frame_bytes)
+                frame = self.adapter.parse(data, binary, self.settings.max_frame_bytes)
                 if frame.kind is FrameKind.CLOSING:
                     self.log.info("ws.closing_notice")
                     # the close frame goes out now; its handshake may queue behind frames the
@@ -334,7 +340,7 @@ class Session:
         if self.policy.event():
             self.log.info("breaker.closed")
         metrics.BREAKER_STATE.labels(self.stream.name).set(0)
-        self._set(StreamStatus.STREAMING)
+        self._set(SourceStatus.STREAMING)
 
     def _mark_dead(self) -> None:
         self._dead = True
@@ -358,7 +364,7 @@ class Session:
         disposition = close_codes.classify_close(rcvd.code if rcvd else None,
                                                  rcvd.reason if rcvd else "")
         if disposition.auth:
-            self.deps.tokens.invalidate(token)  # never reuse a token after an auth close
+            self.tokens.invalidate(token)  # never reuse a token after an auth close
         self.log.info("ws.closed", code=rcvd.code if rcvd else None,
                       reason=rcvd.reason if rcvd else None, cause=disposition.cause)
         return disposition
@@ -376,9 +382,9 @@ class Session:
             metrics.BREAKER_STATE.labels(name).set(2)
             self.log.error("breaker.opened", attempts=plan.attempts, cause=disposition.cause,
                            cooldown_s=plan.delay_s)
-            self._set(StreamStatus.OPEN)
+            self._set(SourceStatus.OPEN)
         else:
-            self._set(StreamStatus.WAITING)
+            self._set(SourceStatus.WAITING)
         metrics.BACKOFF_DELAY.labels(name).observe(plan.delay_s)
         metrics.BACKOFF_CURRENT.labels(name).set(plan.delay_s)
         self.log.info("ws.reconnect_scheduled", cause=disposition.cause,
@@ -403,9 +409,9 @@ class Session:
         self.fatal = disposition.detail or disposition.cause
         metrics.STREAM_FAILED.labels(self.stream.name).set(1)
         self.log.error("stream.failed", cause=disposition.cause, error=self.fatal)
-        self._set(StreamStatus.FAILED)
+        self._set(SourceStatus.FAILED)
 
-    def _set(self, status: StreamStatus) -> None:
+    def _set(self, status: SourceStatus) -> None:
         if status is not self.status:
             self.status = status
             self.deps.on_change(self)

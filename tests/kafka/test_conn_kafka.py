@@ -118,8 +118,8 @@ async def test_cursor_store_reads_back_the_latest_value_per_stream(
                               ("n", "K1")]:
             param = "since" if stream == "g" else "cursor"
             await (await sink.send_cursor(stream, cursor_store.encode(
-                "genesys" if stream == "g" else "nice", param, value, 1705314600.0)))
-        await (await sink.send_cursor("gone", cursor_store.encode("nice", "cursor", "x", 0.0)))
+                "genesys" if stream == "g" else "nice", {param: value}, 1705314600.0)))
+        await (await sink.send_cursor("gone", cursor_store.encode("nice", {"cursor": "x"}, 0.0)))
         await (await sink.producer.send(config.topics.cursors, value=None, key=b"gone"))
         await (await sink.producer.send(config.topics.cursors, value=b"junk", key=b"junk"))
     finally:
@@ -141,8 +141,8 @@ def test_cursors_command_lists_every_stream() -> None:
          "client_id": "c", "client_secret": "s"},
         {"name": "n", "platform": "nice", "url": "wss://h/e", "token_url": "https://h/t",
          "client_id": "c", "client_secret": "s"}])
-    stored = {"g": cursor_store.StoredCursor("genesys", "since", "2024-01-15T10:30:00.000Z", "u"),
-              "old": cursor_store.StoredCursor("nice", "cursor", "K", "u")}
+    stored = {"g": cursor_store.StoredCursor("genesys", {"since": "2024-01-15T10:30:00.000Z"}, "u"),
+              "old": cursor_store.StoredCursor("nice", {"cursor": "K"}, "u")}
     lines = render(config, stored)
     assert lines[0].startswith("g\tgenesys\tsince=2024-01-15T10:30:00.000Z")
     assert lines[1] == "n\tnice\t(no cursor committed)"

@@ -19,7 +19,7 @@ from test_conn_kafka import dedup_keys, make_config, read_all
 from ccstream import metrics, records
 from ccstream.config import Config
 from connectors.runner import Outcome, Runner
-from connectors.sources.websocket import StreamStatus
+from connectors.sources.base import SourceStatus as StreamStatus
 from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 pytestmark = pytest.mark.kafka
@@ -40,7 +40,7 @@ async def running(config: Config) -> AsyncIterator[tuple[Runner, asyncio.Task[Ou
     task = asyncio.get_running_loop().create_task(runner.run())
     try:
         # start-up (topics, producer, cursor read-back) can be slow on a fresh, busy broker
-        await until(lambda: runner.sessions or task.done(), timeout=60)
+        await until(lambda: runner.sources or task.done(), timeout=60)
         yield runner, task
     finally:
         runner.request_stop()
@@ -122,7 +122,7 @@ async def test_invalid_client_stops_that_stream_only(bootstrap: str, topic_prefi
             sim_stream(sim, "bad", "genesys", "acme", secret="wrong"),
             sim_stream(sim, "good", "nice", "other")])
         async with running(config) as (runner, task):
-            await until(lambda: runner.sessions and runner.sessions[0].status
+            await until(lambda: runner.sources and runner.sources[0].status
                         is StreamStatus.FAILED)
             n = sim.stats["other"].events_sent
             await sim.wait_for(lambda s: s.stats["other"].events_sent >= n + 10)

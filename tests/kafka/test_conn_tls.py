@@ -21,7 +21,7 @@ import pytest
 from test_conn_kafka import make_config
 from test_conn_session import SECRET, genesys_sim, raw_has_everything, running, until
 
-from connectors.sources.websocket import StreamStatus
+from connectors.sources.base import SourceStatus as StreamStatus
 from simulator import Simulator
 
 pytestmark = pytest.mark.kafka
@@ -115,7 +115,7 @@ async def test_unknown_ca_is_refused_with_a_clear_error(
         config = make_config(bootstrap, topic_prefix, [
             tls_stream(sim, proxy, https_token=https_token)])
         async with running(config) as (runner, task):
-            await until(lambda: runner.sessions[0].status is StreamStatus.FAILED, timeout=30)
+            await until(lambda: runner.sources[0].status is StreamStatus.FAILED, timeout=30)
             outcome = await asyncio.wait_for(task, 20)
         assert sim.stats["acme"].handshakes == 0
     assert outcome.code == 1

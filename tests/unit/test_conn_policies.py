@@ -18,13 +18,14 @@ from ccstream.records import rfc3339
 from ccstream.topics import max_record_bytes
 from connectors.kafka.sink import KafkaSink
 from connectors.platforms import adapter_for
-from connectors.policy.backoff import Backoff, salted_random
+from connectors.policy.backoff import Backoff
 from connectors.policy.breaker import TRANSITIONS, Breaker, BreakerState, BreakerTransitionError
 from connectors.policy.close_codes import Action, classify_close, classify_handshake
 from connectors.policy.keepalive import Beat, KeepAlive
 from connectors.policy.progress import CursorProgress, SinceProgress
 from connectors.policy.ratelimit import TokenBucket
 from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.salt import salted_random
 from connectors.sources.stopping import Stopping
 from connectors.tokens import expires_at, jwt_exp, refresh_at
 
