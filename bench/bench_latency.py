@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _harness as h
 
 from ccstream.records import H_DEDUP_KEY, header
-from connectors.platforms.genesys import parse_timestamp
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 
 
 def config_text(args: argparse.Namespace, bootstrap: str, prefix: str, port: int) -> str:

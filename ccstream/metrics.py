@@ -82,6 +82,35 @@ LAST_EVENT_AGE = Gauge(
     ["stream"], registry=REGISTRY,
 )
 
+# -- the real platforms' sources (docs/genesys-cloud.md, docs/cxone.md) ---------------------------
+GAP_SECONDS = Counter(
+    "ccstream_gap_seconds", "Seconds of reported gaps (to - from)", ["stream"], registry=REGISTRY,
+)
+BACKFILL_RECORDS = Counter(
+    "ccstream_backfill_records", "Records written by backfill, by kind", ["stream", "kind"],
+    registry=REGISTRY,
+)
+BACKFILL_SECONDS = Histogram(
+    "ccstream_backfill_seconds", "How long one gap's backfill took", ["stream"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600), registry=REGISTRY,
+)
+CHANNELS_OPEN = Gauge(
+    "ccstream_channels_open", "Genesys Cloud channels with an open socket", ["stream"],
+    registry=REGISTRY,
+)
+SUBSCRIPTIONS = Gauge(
+    "ccstream_subscriptions", "Genesys Cloud topics by subscription state", ["stream", "state"],
+    registry=REGISTRY,
+)
+POLLS = Counter(
+    "ccstream_polls", "CXone polls, by endpoint and outcome (ok, not_modified, error)",
+    ["stream", "endpoint", "outcome"], registry=REGISTRY,
+)
+POLL_ROWS = Counter(
+    "ccstream_poll_rows", "CXone rows received, by endpoint", ["stream", "endpoint"],
+    registry=REGISTRY,
+)
+
 # -- dedup -------------------------------------------------------------------------------------
 DEDUP_IN = Counter(
     "ccstream_dedup_events_in", "Raw events read by the dedup worker", ["partition"],

@@ -6,7 +6,9 @@ reads raw and writes clean): the header names and the dedup key are defined here
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from ccstream.timefmt import rfc3339
+
+__all__ = ["rfc3339"]  # re-exported: records and their headers use it
 
 H_STREAM = "ccstream-stream"
 H_PLATFORM = "ccstream-platform"
@@ -27,13 +29,6 @@ Headers = list[tuple[str, bytes]]
 def dedup_key(event_type: str, correlation_id: str, timestamp: str) -> str:
     """The contract's dedup key ``eventType|correlationId|timestamp`` (compared as strings)."""
     return f"{event_type}|{correlation_id}|{timestamp}"
-
-
-def rfc3339(epoch_s: float) -> str:
-    """UTC RFC 3339 with milliseconds, e.g. ``2024-01-15T10:30:00.000Z`` (the ``since`` form)."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
 
 
 def header(headers: Headers | None, name: str) -> bytes | None:

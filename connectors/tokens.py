@@ -1,10 +1,9 @@
-"""OAuth2 tokens per credential: expiry math (pure) and a single-flight manager (aiohttp).
+"""OAuth2 tokens per credential: a single-flight manager (aiohttp) over the pure expiry math of
+``connectors.policy.token_expiry``.
 
-``../shared/contracts/ccaas-wire.md`` §1. A token counts as expiring at the **earlier** of its
-JWT ``exp`` and ``receipt + expires_in`` (the server's clock and ours may disagree by minutes),
-and is refreshed once that is less than the safety buffer away. A token whose whole lifetime is
-shorter than the buffer would be "due" the moment it arrives and cause a refresh loop, so the
-buffer is capped at half the lifetime (decision, logged as ``token.short_lived``).
+The integration guide's token endpoint (docs/protocols.md, "Tokens") and Genesys Cloud's client
+credentials grant (opaque tokens, no refresh token) both fit it. When a token expires and when it
+is replaced is ``token_expiry``'s (a too-short lifetime is logged as ``token.short_lived``).
 
 The manager never hands out a token it knows is due or was rejected: ``get()`` is called before
 every connection attempt, and ``invalidate(token)`` after every auth close or 401, so that no
@@ -21,7 +20,6 @@ import base64
 import math
 import ssl as ssl_module
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -30,48 +28,10 @@ import orjson
 from ccstream import metrics
 from ccstream.errors import CcstreamError
 from ccstream.logs import BoundLogger, get_logger
-from connectors.policy.close_codes import _seconds
+from connectors.policy.close_codes import retry_after_seconds
+from connectors.policy.token_expiry import Token, expires_at, jwt_exp, refresh_at
 
 Clock = Callable[[], float]
-
-
-def jwt_exp(token: str) -> float | None:
-    """The ``exp`` claim of a JWT, read without verifying the signature (we hold no key)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = orjson.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) and math.isfinite(exp) else None
-
-
-def expires_at(receipt: float, expires_in: float | None, exp: float | None) -> float:
-    """The earlier of ``exp`` and ``receipt + expires_in`` (``inf`` if neither is known)."""
-    candidates = [receipt + expires_in if expires_in is not None else math.inf,
-                  exp if exp is not None else math.inf]
-    return min(candidates)
-
-
-def refresh_at(receipt: float, expires: float, buffer_s: float) -> float:
-    """When the token must be replaced: ``buffer_s`` before expiry, capped at half its lifetime."""
-    lifetime = max(expires - receipt, 0.0)
-    return expires - min(buffer_s, lifetime / 2)
-
-
-@dataclass(frozen=True)
-class Token:
-    access: str = field(repr=False)
-    refresh: str | None = field(repr=False)
-    receipt: float
-    expires: float
-    due: float
-
-    def usable(self, now: float) -> bool:
-        return now < self.due
 
 
 CERT_ERROR = "certificate_verify_failed"
@@ -191,7 +151,7 @@ class TokenManager:
         async with self._http.post(self.token_url, data=form, headers=self._headers,
                                    ssl=self._ssl) as response:
             raw = await response.read()
-            retry_after = _seconds(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             try:
                 body = orjson.loads(raw) if raw else {}
             except orjson.JSONDecodeError:

@@ -6,12 +6,11 @@ RFC 3339 ``timestamp`` (the resume point is computed from it, so an unreadable o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from datetime import datetime
 
 from ccstream.config import Platform
 from ccstream.records import dedup_key
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.platforms import (
     Frame,
     FrameKind,
@@ -24,18 +23,6 @@ from connectors.platforms import (
 from connectors.policy.progress import Progress, SinceProgress
 
 KEYS = ("eventType", "correlationId", "timestamp")
-
-
-def parse_timestamp(text: str) -> float | None:
-    """Epoch seconds of an RFC 3339 timestamp with an explicit offset (``Z`` or ``+hh:mm``)."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        return None  # a naive time has no defined instant; refusing it is safer than guessing
-    epoch = when.timestamp()
-    return epoch if math.isfinite(epoch) else None
 
 
 class Genesys:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from ccstream.config import Platform
 from ccstream.records import dedup_key
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.platforms import (
     Frame,
     FrameKind,
@@ -20,7 +21,6 @@ from connectors.platforms import (
     stream_params,
     with_query,
 )
-from connectors.platforms.genesys import parse_timestamp
 from connectors.policy.progress import CursorProgress, Progress
 
 KEYS = ("eventType", "correlationId", "timestamp", "cursor")

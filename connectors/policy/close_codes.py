@@ -45,7 +45,7 @@ def _reason_json(reason: str) -> dict[str, object]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _seconds(value: object) -> float:
+def retry_after_seconds(value: object) -> float:
     """A ``Retry-After``/``retry_after`` value in seconds; unreadable or negative values are 0."""
     try:
         seconds = float(value)  # type: ignore[arg-type]
@@ -66,7 +66,8 @@ def classify_close(code: int | None, reason: str) -> Disposition:  # noqa: PLR09
         # policy violation: token expired or invalid; reusing it is the infinite-401 loop
         return Disposition(Action.REFRESH, "auth_close", detail="1008")
     if code == 1013:
-        return Disposition(Action.RECONNECT, "try_again_later", _seconds(doc.get("retry_after")))
+        return Disposition(Action.RECONNECT, "try_again_later",
+                           retry_after_seconds(doc.get("retry_after")))
     if code in (1000, 1001):
         return Disposition(Action.RECONNECT, "server_closed", detail=str(code))
     if code in (1011, 1012, 1014):
@@ -79,7 +80,7 @@ def classify_close(code: int | None, reason: str) -> Disposition:  # noqa: PLR09
 
 def classify_handshake(status: int, headers: Mapping[str, str]) -> Disposition:
     """An HTTP answer other than 101 to the upgrade request."""
-    retry_after = _seconds(headers.get("Retry-After") or headers.get("retry-after"))
+    retry_after = retry_after_seconds(headers.get("Retry-After") or headers.get("retry-after"))
     if status == 401:
         return Disposition(Action.REFRESH, "handshake_401")
     if status == 403:

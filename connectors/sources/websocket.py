@@ -29,10 +29,10 @@ from ccstream import metrics
 from ccstream.config import ConnectorSettings, StreamConfig
 from ccstream.logs import BoundLogger, get_logger
 from ccstream.records import rfc3339
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.kafka.delivery import Delivery, safe_error
 from connectors.platforms import Frame, FrameKind, adapter_for
-from connectors.platforms.genesys import parse_timestamp
 from connectors.policy import close_codes
 from connectors.policy.backoff import Backoff
 from connectors.policy.breaker import Breaker, BreakerState

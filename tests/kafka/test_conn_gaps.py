@@ -17,7 +17,7 @@ from test_conn_session import SECRET, raw_has_everything, running, sim_stream, u
 
 from ccstream import metrics
 from ccstream.records import rfc3339
-from connectors.platforms.genesys import parse_timestamp
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.policy.gaps import GapWatch, age_gap, replay_gap
 from connectors.policy.progress import CursorProgress, SinceProgress
 from simulator import ClientSpec, Fault, SimSettings, Simulator

@@ -19,7 +19,7 @@ from test_conn_session import SECRET, running, sim_stream, until
 
 from ccstream import records
 from ccstream.config import Config
-from connectors.platforms.genesys import parse_timestamp
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from devtools import devkafka
 from simulator import ClientSpec, SimSettings, Simulator
 

@@ -22,8 +22,8 @@ from test_conn_kafka import FAST_CONNECTOR, dedup_keys, read_all
 from test_conn_session import SECRET, until
 
 from ccstream import records
+from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.kafka import cursor_store
-from connectors.platforms.genesys import parse_timestamp
 from simulator import ClientSpec, SimSettings, Simulator
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

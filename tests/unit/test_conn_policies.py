@@ -25,9 +25,9 @@ from connectors.policy.keepalive import Beat, KeepAlive
 from connectors.policy.progress import CursorProgress, SinceProgress
 from connectors.policy.ratelimit import TokenBucket
 from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.policy.token_expiry import expires_at, jwt_exp, refresh_at
 from connectors.salt import salted_random
 from connectors.sources.stopping import Stopping
-from connectors.tokens import expires_at, jwt_exp, refresh_at
 
 
 def fixed(value: float):
