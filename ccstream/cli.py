@@ -1,8 +1,8 @@
 """``ccstream``: the one entry point (also ``python -m pipeline``).
 
-Each command is a module with ``configure(parser)`` and ``main(args) -> int``; this file only
-routes. A command whose module is not written yet is listed, says so plainly when run, and exits
-non-zero rather than pretending.
+Each command is a module of ``ccstream.commands`` with ``configure(parser)`` and
+``main(args) -> int``; this file only routes, and turns ccstream's own errors into one line on
+stderr and their exit status (2: the set-up is wrong; 1: a fatal condition at run time).
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from ccstream.config import ConfigError
+from ccstream.errors import CcstreamError
 
 # command -> (module, one-line help); order is the order of `ccstream --help`
-COMMANDS: dict[str, tuple[str, str]] = {
-    "connect": ("ccstream.commands.connect", "run the source connector for every stream"),
-    "dedup": ("ccstream.commands.dedup", "run the Faust dedup worker (raw -> clean)"),
-    "run": ("ccstream.commands.run", "connector and dedup worker in one process"),
-    "simulate": ("ccstream.commands.simulate", "run the platform simulator with fault injection"),
-    "demo": ("ccstream.commands.demo", "the main job on embedded defaults, with a report"),
-    "cursors": ("ccstream.commands.cursors", "show each stream's committed cursor"),
-    "replay": ("ccstream.commands.replay", "reprocess raw events from TIME into clean"),
-    "kafka": ("ccstream.commands.kafka", "start, stop or inspect the local Apache Kafka broker"),
+COMMANDS: dict[str, str] = {
+    "connect": "run the source connector for every stream",
+    "dedup": "run the Faust dedup worker (raw -> clean)",
+    "run": "connector and dedup worker in one process",
+    "simulate": "run the platform simulator with fault injection",
+    "demo": "the main job on embedded defaults, with a report",
+    "cursors": "show each stream's committed cursor",
+    "replay": "reprocess raw events from TIME into clean",
+    "kafka": "start, stop or inspect the local Apache Kafka broker",
 }
 
 EXIT_OK = 0
@@ -32,29 +33,17 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def _load(module: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
-            return None  # the command's own module does not exist yet
-        raise
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType | None]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     parser = argparse.ArgumentParser(
         prog="ccstream",
-        description="Contact-center events from WebSocket sessions into Kafka, "
+        description="Contact-center events from fragile platform sessions into Kafka, "
         "nothing lost, nothing duplicated.",
     )
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules: dict[str, ModuleType | None] = {}
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = _load(module_name)
+    modules: dict[str, ModuleType] = {}
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"ccstream.commands.{name}")
         modules[name] = module
-        if module is None:
-            subs.add_parser(name, help=f"{help_text} (not implemented yet)")
-            continue
         sub = subs.add_parser(name, help=help_text, description=module.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure(sub)
@@ -68,14 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     module = modules[args.command]
-    if module is None:
-        print(f"ccstream {args.command}: not implemented yet", file=sys.stderr)
-        return EXIT_USAGE
     try:
         return int(module.main(args))
     except ConfigError as err:
         print(f"ccstream {args.command}: config error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except CcstreamError as err:
+        print(f"ccstream {args.command}: {err}", file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
         return 130
     except Exception as err:

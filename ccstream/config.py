@@ -33,6 +33,7 @@ class ConfigError(CcstreamError, ValueError):
     """Bad configuration; ``key`` is the path of the offending key (``streams[0].url``)."""
 
     retriable = False
+    exit_status = 2
 
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}" if key else problem)

@@ -13,3 +13,6 @@ class CcstreamError(Exception):
     """Base of every error ccstream raises on purpose."""
 
     retriable: bool = False
+    # the command's exit status when this error stops it: 2 = the set-up is wrong (configuration,
+    # an unsupported dependency), 1 = a fatal condition at run time (kafka-and-cli.md)
+    exit_status: int = 1

@@ -6,6 +6,8 @@ reads raw and writes clean): the header names and the dedup key are defined here
 
 from __future__ import annotations
 
+import base64
+
 from ccstream.timefmt import rfc3339
 
 __all__ = ["rfc3339"]  # re-exported: records and their headers use it
@@ -37,3 +39,23 @@ def header(headers: Headers | None, name: str) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+# a DLQ record must fit in a Kafka request (1 MiB by default): longer frames are cut, and the
+# reason says so (the frame's head is what an operator needs to see what was sent)
+DLQ_MAX_VALUE_BYTES = 512 * 1024
+
+
+def dlq_value(raw: bytes, reason: str, binary: bool) -> tuple[bytes, str, str]:
+    """The DLQ value, its encoding (``utf-8`` or ``base64``) and the reason, cut if too long."""
+    if len(raw) > DLQ_MAX_VALUE_BYTES:
+        reason = f"{reason}; value cut to the first {DLQ_MAX_VALUE_BYTES} of {len(raw)} bytes"
+        raw = raw[:DLQ_MAX_VALUE_BYTES]
+    if not binary:
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            binary = True
+    if binary:
+        return base64.b64encode(raw), "base64", reason
+    return raw, "utf-8", reason

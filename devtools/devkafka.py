@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import fcntl
 import os
 import shutil
@@ -34,13 +33,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccstream.procs import tie_to_parent
+
 KAFKA_VERSION = os.environ.get("CCSTREAM_KAFKA_VERSION", "4.1.1")
 LOG4J_VERSION = "2.24.3"
 POM_TEMPLATE = Path(__file__).with_name("kafka") / "pom.xml"
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 
-_PR_SET_PDEATHSIG = 1
 
 
 class DevKafkaError(RuntimeError):
@@ -115,12 +115,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def tie_to_parent() -> None:
-    """Run in the child before exec: die with SIGKILL when the parent dies (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 LOG4J2_PROPERTIES = """\

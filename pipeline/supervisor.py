@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from ccstream.logs import get_logger
-from devtools.devkafka import tie_to_parent
+from ccstream.procs import tie_to_parent
 
 log = get_logger("ccstream.supervisor")
 

@@ -16,14 +16,12 @@ and every preset fault is one a correct client survives without losing events.
 from __future__ import annotations
 
 import json
-import random
 import textwrap
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import Enum
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from simulator.settings import PLATFORMS, Platform
 
@@ -269,21 +267,26 @@ def parse_script(text: str, source: str = "script") -> list[Fault]:
     return out
 
 
-def load_script(path: str | Path) -> list[Fault]:
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as err:
-        raise FaultScriptError(str(file), f"cannot read: {err.strerror}") from None
-    return parse_script(text, str(file))
-
-
 # -- presets: seeded schedules ----------------------------------------------------------------
 
-Menu = Sequence[Callable[[random.Random], Fault]]
+class Rng(Protocol):
+    """The seeded random source a preset draws from (``random.Random``; pure: passed in)."""
+
+    def random(self) -> float: ...
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+    def randint(self, a: int, b: int) -> int: ...
+
+    def expovariate(self, lambd: float) -> float: ...
+
+    def choice(self, seq: Sequence[Any]) -> Any: ...
 
 
-def _close(rng: random.Random) -> Fault:
+Menu = Sequence[Callable[[Rng], Fault]]
+
+
+def _close(rng: Rng) -> Fault:
     code = rng.choice(CLOSE_CODES)
     if code == 1013:
         return Fault(FaultKind.CLOSE, code=code, retry_after=float(rng.randint(1, 3)))
@@ -314,7 +317,7 @@ _LIMITS: Menu = (
 )
 
 
-def _malformed(variant: str) -> Callable[[random.Random], Fault]:
+def _malformed(variant: str) -> Callable[[Rng], Fault]:
     return lambda r: Fault(FaultKind.MALFORMED, variant=variant, count=r.randint(1, 3))
 
 
@@ -330,13 +333,14 @@ PRESETS: dict[str, tuple[Menu, str]] = {
 }
 
 
-def preset_schedule(name: str, seed: int, clients: Sequence[str],
+def preset_schedule(name: str, rng: Rng, clients: Sequence[str],
                     interval_s: float) -> Iterator[Fault]:
-    """An endless seeded schedule: faults with increasing ``at_s``, mean spacing ``interval_s``."""
+    """An endless schedule drawn from ``rng`` (seed it with the preset's name and the seed:
+    the same seed gives the same faults): faults with increasing ``at_s``, mean spacing
+    ``interval_s``."""
     if name not in PRESETS:
         raise FaultScriptError("preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     menu = PRESETS[name][0]
-    rng = random.Random(f"{name}:{seed}")
     at = 0.0
     while True:
         at += rng.expovariate(1 / interval_s)

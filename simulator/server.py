@@ -262,8 +262,8 @@ class Simulator:
 
     async def _run_preset(self, name: str) -> None:
         loop = asyncio.get_running_loop()
-        schedule = preset_schedule(name, self.settings.seed, sorted(self.clients),
-                                   self.settings.preset_interval_s)
+        schedule = preset_schedule(name, random.Random(f"{name}:{self.settings.seed}"),
+                                   sorted(self.clients), self.settings.preset_interval_s)
         for fault in schedule:
             assert fault.at_s is not None
             await asyncio.sleep(max(0.0, self._started + fault.at_s - loop.time()))

@@ -22,7 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config = load(args.config)  # bad configuration: one line, before any process is started
-    from pipeline import supervisor
+    from pipeline import faust_compat, supervisor
+
+    faust_compat.check()  # an unsupported faust: one line (exit 2), before any process is started
 
     if supervisor.is_child():
         from pipeline.dedup.worker import run

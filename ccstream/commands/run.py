@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -33,44 +32,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config = load(args.config)
-    logs.configure(config.log.level, config.log.format)
-    from pipeline.dedup.app import build_app
-    from pipeline.dedup.worker import prepare
+    from pipeline.dedup.worker import start
 
-    topo = asyncio.run(prepare(config))
-    app, _ = build_app(config, topo)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    worker = _combined_worker_class()(
-        app, config, loop=loop, loglevel=logging.getLogger().level,
-        override_logging=False, redirect_stdouts=False, quiet=True,
-    )
     log.info("run.starting", streams=len(config.streams), app_id=config.dedup.app_id)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-        final = worker.connector_code if worker.connector_code else code
-        if worker.connector_message:
-            print(f"ccstream run: {worker.connector_message}", file=sys.stderr)
-        log.info("run.stopped", exit_code=final)
-        return final
-    return 0
+    # the connector's runner serves the metrics endpoint (both halves' metrics are in it)
+    code, started = start(config, worker_class=_combined_worker_class(), serve_metrics=False,
+                          run_config=config)
+    worker: Any = started
+    final = worker.connector_code if worker.connector_code else code
+    if worker.connector_message:
+        print(f"ccstream run: {worker.connector_message}", file=sys.stderr)
+    log.info("run.stopped", exit_code=final)
+    return final
 
 
 def _combined_worker_class() -> Any:
-    """faust.Worker with the connector as a task; built lazily so faust loads only here."""
-    import faust
-
+    """The shared faust worker with the connector as a task; built lazily so faust loads only
+    here."""
     from connectors.runner import Runner
+    from pipeline.faust_compat import Worker
 
-    class CombinedWorker(faust.Worker):
-        def __init__(self, app: Any, config: Config, **kwargs: Any) -> None:
+    class CombinedWorker(Worker):
+        def __init__(self, app: Any, run_config: Config, **kwargs: Any) -> None:
             super().__init__(app, **kwargs)
-            self.config = config
+            self.config = run_config
             self.runner: Runner | None = None  # made on the loop: aiokafka binds to it
             # the connector gets the grace period less what Faust needs to commit and leave
-            self.connector_grace_s = max(1.0, config.connector.grace_period_s - FAUST_STOP_S)
+            self.connector_grace_s = max(1.0, run_config.connector.grace_period_s - FAUST_STOP_S)
             self.connector_code = 0
             self.connector_message = ""
             self.signals = 0
@@ -92,15 +80,9 @@ def _combined_worker_class() -> Any:
                 outcome = task.result()
                 self.connector_code, self.connector_message = outcome.code, outcome.message
             # a connector that ended by itself takes the worker down with it: nothing hangs
-            self._schedule_shutdown(signal.SIGTERM)
+            self.shutdown(signal.SIGTERM)
 
-        def _on_sigterm(self) -> None:
-            self._on_signal(signal.SIGTERM)
-
-        def _on_sigint(self) -> None:
-            self._on_signal(signal.SIGINT)
-
-        def _on_signal(self, sig: signal.Signals) -> None:
+        def on_signal(self, sig: signal.Signals) -> None:
             self.signals += 1
             if self.signals > 1:
                 # a second signal while stopping: the operator insists (contract: exit at once;
@@ -108,7 +90,7 @@ def _combined_worker_class() -> Any:
                 log.warning("run.forced_exit", signal=sig.name)
                 os._exit(128 + sig.value)
             log.info("run.stopping", signal=sig.name)
-            self._schedule_shutdown(sig)
+            self.shutdown(sig)
 
         async def on_stop(self) -> None:
             # the connector first: its sockets close and its cursors commit before Faust stops

@@ -26,12 +26,21 @@ from simulator.faults import (
     Fault,
     FaultScriptError,
     describe,
-    load_script,
     parse_inline,
+    parse_script,
 )
 from simulator.settings import PLATFORMS, ClientSpec, Platform, SimSettings
 
 EXIT_USAGE = 2
+
+
+def load_script(path: str | Path) -> list[Fault]:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as err:
+        raise FaultScriptError(str(file), f"cannot read: {err.strerror}") from None
+    return parse_script(text, str(file))
 
 
 def _positive(text: str) -> float:

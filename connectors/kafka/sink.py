@@ -13,7 +13,6 @@ when the buffer is full is the back-pressure on the WebSocket reader).
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -26,10 +25,6 @@ from ccstream.config import KafkaSettings, TopicNames
 from ccstream.records import Headers
 from ccstream.topics import max_record_bytes, topic_config
 from connectors.platforms import Frame
-
-# a DLQ record must fit in a Kafka request (1 MiB by default): longer frames are cut, and the
-# reason says so (the frame's head is what an operator needs to see what was sent)
-DLQ_MAX_VALUE_BYTES = 512 * 1024
 
 DeliveryFuture = asyncio.Future[Any]
 
@@ -153,7 +148,7 @@ class KafkaSink:
 
     async def send_dlq(self, stream: str, platform: str, raw: bytes, reason: str, *,
                        received_at: float, binary: bool = False) -> DeliveryFuture:
-        value, encoding, reason = dlq_value(raw, reason, binary)
+        value, encoding, reason = records.dlq_value(raw, reason, binary)
         headers: Headers = [
             (records.H_STREAM, stream.encode()),
             (records.H_PLATFORM, platform.encode()),
@@ -171,18 +166,3 @@ class KafkaSink:
             self.topics.cursors, value=value, key=stream.encode(),
         )
         return future
-
-
-def dlq_value(raw: bytes, reason: str, binary: bool) -> tuple[bytes, str, str]:
-    """The DLQ value, its encoding (``utf-8`` or ``base64``) and the reason, cut if too long."""
-    if len(raw) > DLQ_MAX_VALUE_BYTES:
-        reason = f"{reason}; value cut to the first {DLQ_MAX_VALUE_BYTES} of {len(raw)} bytes"
-        raw = raw[:DLQ_MAX_VALUE_BYTES]
-    if not binary:
-        try:
-            raw.decode()
-        except UnicodeDecodeError:
-            binary = True
-    if binary:
-        return base64.b64encode(raw), "base64", reason
-    return raw, "utf-8", reason

@@ -12,12 +12,11 @@ them out. Choices, each forced by a contract rule:
   (and the platform replaying the same frame forever). ``TypedConnection`` remembers the opcode
   of every message so that binary frames are still told apart.
 * ``max_size`` is a hard cap of ``HARD_CAP_FACTOR`` x the configured frame limit: frames between
-  the limit and the cap reach the DLQ (cut, see ``sink.dlq_value``); only a frame above the cap
-  makes websockets close with 1009, which the session reports as a DLQ record without bytes.
-  The platform replays that frame after the reconnect (it was never acknowledged), so the next
-  attempt reads with ``RAISED_CAP_FACTOR`` (still bounded): the frame then reaches the DLQ with
-  its bytes and the stream gets past it, instead of closing with 1009 forever.
-"""
+  the limit and the cap reach the DLQ (cut, see ``ccstream.records.dlq_value``); only a frame
+  above the cap makes websockets close with 1009, which the session reports as a DLQ record
+  without bytes. The platform replays that frame after the reconnect (it was never acknowledged),
+  so the next attempt reads with ``RAISED_CAP_FACTOR`` (still bounded): the frame then reaches the
+  DLQ with its bytes and the stream gets past it, instead of closing with 1009 forever. """
 
 from __future__ import annotations
 

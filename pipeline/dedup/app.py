@@ -34,9 +34,16 @@ from faust.types import TP, EventT
 from ccstream import metrics
 from ccstream.config import Config
 from ccstream.logs import get_logger
-from ccstream.records import H_DLQ_ENCODING, H_DLQ_REASON, H_STREAM, Headers, header
+from ccstream.records import (
+    H_DLQ_ENCODING,
+    H_DLQ_REASON,
+    H_STREAM,
+    Headers,
+    dlq_value,
+    header,
+)
 from ccstream.topics import committed_offsets, max_record_bytes
-from connectors.kafka.sink import dlq_value
+from pipeline import faust_compat
 from pipeline.bloom import policy_for
 from pipeline.dedup import keys
 from pipeline.dedup.state import PartitionDedup, Position, Verdict
@@ -226,8 +233,7 @@ class DedupAgent:
         # Faust never delivered (so never acks) these offsets and will not commit past an
         # un-acked hole; marking them as a "gap" lets its offset commits go on once the record
         # after them is acked (their writes are in the transaction before that ack).
-        faust_consumer: Any = self.app.consumer
-        await faust_consumer._add_gap(TP(self.topo.raw, partition), start, end - 1)
+        await faust_compat.add_gap(self.app, TP(self.topo.raw, partition), start, end - 1)
         metrics.DEDUP_SKIPPED_READ.labels(str(partition)).inc(len(found))
         log.warning("dedup.skipped_read_back", partition=partition, start=start, end=end,
                     records=len(found))
@@ -323,13 +329,12 @@ class DedupAgent:
         """
         if not outs:
             return
-        driver: Any = self.app.producer  # faust's aiokafka driver: its per-id producers and locks
-        group = self.app.assignor.group_for_topic(self.topo.raw)
-        transactional_id = f"{self.app.conf.id}-{group}-{partition}"
-        producer = driver._transaction_producers.get(transactional_id)
-        lock = driver._trn_locks.get(transactional_id)
-        if producer is None or lock is None:
-            _die("dedup.no_transaction", partition=partition, transactional_id=transactional_id)
+        found = faust_compat.transaction(self.app, self.topo.raw, partition)
+        if found is None:
+            _die("dedup.no_transaction", partition=partition,
+                 transactional_id=faust_compat.transactional_id(self.app, self.topo.raw,
+                                                               partition))
+        producer, lock = found
         try:
             async with lock:
                 futures = [await producer.send(

@@ -29,6 +29,7 @@ from faust.types import TP, EventT
 
 from ccstream import metrics
 from ccstream.logs import get_logger
+from pipeline import faust_compat
 from pipeline.dedup.state import PartitionDedup
 
 log = get_logger("ccstream.dedup")
@@ -140,11 +141,8 @@ class DedupStore(Store[bytes, bytes]):
         return 0
 
 
-class DedupTable(faust.Table[bytes, bytes]):
+class DedupTable(faust_compat.OpTable):
     """A changelogged table whose per-partition value is a ``PartitionDedup``."""
-
-    _changelog_compacting = False
-    _changelog_deleting = True
 
     def __init__(self, app: faust.App, *, source_topic: str,
                  factory: Callable[[], PartitionDedup], **kwargs: Any) -> None:
@@ -159,7 +157,7 @@ class DedupTable(faust.Table[bytes, bytes]):
                      generations=list(state.bloom.filters))
         await super().on_stop()
 
-    def _new_store(self) -> DedupStore:
+    def make_store(self) -> DedupStore:
         return DedupStore(self, self._factory)
 
     @property

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from ccstream import logs
 from ccstream.config import Config, ConfigError
 from ccstream.topics import TopicSpec, contract_topics, ensure_topics, partition_count
+from pipeline import faust_compat
 from pipeline.dedup.app import DedupAgent, Topology, build_app, changelog_retention_s
 from pipeline.dedup.table import changelog_topic_name
 
@@ -58,10 +60,13 @@ async def _partitions(bootstrap: str, topic: str, timeout_s: float = 15.0) -> in
         await asyncio.sleep(0.2)
 
 
-def run(config: Config, agent_type: type[DedupAgent] | None = None) -> int:
-    """Prepare the topics and run the worker in this thread until it is stopped."""
-    import faust
-
+def start(config: Config, agent_type: type[DedupAgent] | None = None, *,
+          worker_class: type[faust_compat.Worker] = faust_compat.Worker, serve_metrics: bool = True,
+          **worker_kwargs: Any) -> tuple[int, faust_compat.Worker]:
+    """The one start-up of the Faust worker (``ccstream dedup`` and ``ccstream run``): check
+    faust's private names, prepare the topics, build the app, run the worker in this thread
+    until it stops; its exit status and the worker."""
+    faust_compat.check()
     logs.configure(config.log.level, config.log.format)
     topo = asyncio.run(prepare(config))
     app, _ = build_app(config, topo, agent_type)
@@ -70,19 +75,20 @@ def run(config: Config, agent_type: type[DedupAgent] | None = None) -> int:
              window_s=config.dedup.window_s)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    if config.metrics.port is not None:
+    if serve_metrics and config.metrics.port is not None:
         from ccstream.metrics import serve
 
         loop.run_until_complete(serve(config.metrics.host, config.metrics.port))
-    worker = faust.Worker(app, loop=loop, loglevel=logging.getLogger().level,
-                          override_logging=False, redirect_stdouts=False, quiet=True)
-    # faust's start-up spinner prints a "show cursor" escape to stdout even when it is not a
-    # terminal, in front of the next JSON log line (which then no longer parses)
-    worker.spinner = None
+    worker = worker_class(app, loop=loop, loglevel=logging.getLogger().level, **worker_kwargs)
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-        log.info("dedup.stopped", exit_code=code)
-        return code
-    return 0
+        return (stop.code if isinstance(stop.code, int) else 1), worker
+    return 0, worker
+
+
+def run(config: Config, agent_type: type[DedupAgent] | None = None) -> int:
+    """``ccstream dedup``'s worker process: the worker until it is stopped; its exit status."""
+    code, _ = start(config, agent_type)
+    log.info("dedup.stopped", exit_code=code)
+    return code

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -274,7 +275,8 @@ async def test_chaos_preset_injects_its_seeded_schedule() -> None:
     async with Simulator(settings) as sim:
         await sim.wait_for(lambda s: len(s.injected) >= 12, timeout=5)
         injected = sim.injected[:12]
-    expected = list(itertools.islice(preset_schedule("chaos", 9, [ID], 0.02), 12))
+    expected = list(itertools.islice(
+        preset_schedule("chaos", random.Random("chaos:9"), [ID], 0.02), 12))
     assert injected == [replace(f, at_s=None) for f in expected]
     assert len({f.fault_kind for f in injected}) >= 4
 

@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.kafka.sink import dlq_value
+from ccstream.records import dlq_value
 from connectors.platforms import FrameKind, adapter_for
 from connectors.platforms.genesys import Genesys
 from connectors.platforms.nice import Nice

@@ -183,7 +183,8 @@ def test_bad_scripts_name_the_entry() -> None:
 def test_presets_are_seeded_and_survivable(name: str) -> None:
     """A preset schedule is reproducible, ordered in time, and never loses events or locks out."""
     def draw(seed: int) -> list[Fault]:
-        schedule = preset_schedule(name, seed, ["a", "b"], interval_s=2.0)
+        schedule = preset_schedule(name, random.Random(f"{name}:{seed}"), ["a", "b"],
+                                   interval_s=2.0)
         return [next(schedule) for _ in range(60)]
 
     faults = draw(5)
