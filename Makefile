@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bootstrap clean
+.PHONY: demo test test-fast lint bootstrap clean lock
 
 demo: bootstrap
 	$(VENV)/bin/ccstream demo $(ARGS)
@@ -11,12 +11,20 @@ demo: bootstrap
 test: bootstrap lint
 	$(PY) -m pytest -q $(ARGS)
 
+# the inner loop: unit + component tiers (no broker, no whole processes), well under a minute
+test-fast: bootstrap
+	$(PY) -m pytest -q tests/unit tests/component $(ARGS)
+
 lint: bootstrap
 	$(VENV)/bin/ruff check ccstream connectors pipeline simulator devtools tests bench
 	$(VENV)/bin/mypy
 
 bootstrap:
 	@CCSTREAM_VENV=$(VENV) scripts/bootstrap
+
+# refresh constraints.txt from pyproject.toml's ranges (then run `make test` before committing)
+lock:
+	scripts/lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

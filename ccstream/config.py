@@ -1,4 +1,4 @@
-"""The configuration file (TOML) of ``../shared/contracts/kafka-and-cli.md``, typed and validated.
+"""The configuration file (TOML) of ``docs/kafka.md``, typed and validated.
 
 This module is the one typed source of defaults: seconds are ``float``, ``None`` means disabled,
 and no default is stated anywhere else. Unknown keys, wrong types and missing required keys are

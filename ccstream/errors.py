@@ -14,5 +14,5 @@ class CcstreamError(Exception):
 
     retriable: bool = False
     # the command's exit status when this error stops it: 2 = the set-up is wrong (configuration,
-    # an unsupported dependency), 1 = a fatal condition at run time (kafka-and-cli.md)
+    # an unsupported dependency), 1 = a fatal condition at run time (docs/kafka.md)
     exit_status: int = 1

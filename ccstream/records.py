@@ -1,4 +1,4 @@
-"""What ccstream writes to Kafka, per ``../shared/contracts/kafka-and-cli.md`` (topics table).
+"""What ccstream writes to Kafka, per ``docs/kafka.md`` (topics table).
 
 Shared by the connector (which writes raw, DLQ and cursor records) and the dedup pipeline (which
 reads raw and writes clean): the header names and the dedup key are defined here only.

@@ -14,7 +14,7 @@ Cursors: every ``cursor_commit_interval_s`` each source's ``checkpoint`` (which 
 acknowledged records) is written when it changed, and once more at shutdown after the producer
 is flushed.
 
-Shutdown (SIGTERM/SIGINT, kafka-and-cli.md): stop reading, close every socket with 1000
+Shutdown (SIGTERM/SIGINT, docs/kafka.md): stop reading, close every socket with 1000
 "Graceful shutdown" and wait for the close (bounded by ``close_timeout_s``), flush the producer,
 commit cursors, exit 0, all within ``grace_period_s``. A second signal exits at once.
 """

@@ -9,15 +9,13 @@ the clean topic read ``read_committed``: missing and duplicated must both be zer
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -258,21 +256,6 @@ def compare(ledger: Mapping[str, str], clean: CleanView) -> Verdict:
     delivered = sum(1 for k in ledger if k in clean.counts)
     return Verdict(len(ledger), delivered, len(missing), len(duplicated), len(altered),
                    tuple(sorted(missing)[:5]), tuple(sorted(duplicated)[:5]))
-
-
-async def wait_until(predicate: Callable[[], Any], within_s: float,
-                     interval: float = 0.25) -> bool:
-    """Poll an (async or sync) predicate until true or the deadline; return the last answer."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
 
 
 def pipeline_config(bootstrap: str, plans: Iterable[StreamPlan], *, urls: Mapping[str, str],

@@ -223,11 +223,6 @@ class GenerationPolicy:
         so the same record timestamps give the same generations on every worker and replay."""
         return math.floor(stream_time_s / self.rotation_s)
 
-    @property
-    def memory_bytes(self) -> int:
-        """Bit arrays of one partition: ``G`` generations."""
-        return self.generations * self.sizing.bytes
-
 
 def policy_for(window_s: float, generations: int, events_per_window: int, p: float,
                memory_factor: float = 1.0) -> GenerationPolicy:

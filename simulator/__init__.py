@@ -1,4 +1,4 @@
-"""A simulator of both contact-center platforms (``../shared/contracts/ccaas-wire.md``) that can
+"""A simulator of both contact-center platforms (``docs/protocols.md``) that can
 misbehave on purpose: the demo runs on it, the connector's tests run on it.
 
 One aiohttp server on one loopback port serves everything:

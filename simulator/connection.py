@@ -48,7 +48,7 @@ SENDING = frozenset({ConnState.OPEN, ConnState.DRAINING})
 
 
 def is_auth_close(code: int, reason: bytes) -> bool:
-    """ccaas-wire.md "Closing": 1008, or 1000 with an ``{"error": ...}`` auth payload."""
+    """docs/protocols.md "Closing": 1008, or 1000 with an ``{"error": ...}`` auth payload."""
     if code == 1008:
         return True
     if code != 1000 or not reason.startswith(b"{"):

@@ -1,6 +1,6 @@
 """Events of one simulated stream, pure: a seeded factory and a log with a retention buffer.
 
-The factory makes realistic events (ccaas-wire.md, "Frames from the server") for a pool of live
+The factory makes realistic events (docs/protocols.md, "Frames from the server") for a pool of live
 interactions (correlation ids) that end and are replaced. Its timestamp rule makes the contract's
 dedup key ``(eventType, correlationId, timestamp)`` identify an event: the stream's timestamps
 never go back, and one correlation id never gets two events in the same millisecond, so that

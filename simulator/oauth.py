@@ -1,4 +1,4 @@
-"""The OAuth2 token endpoint of the simulator (ccaas-wire.md, section 1), over ``TokenBook``.
+"""The OAuth2 token endpoint of the simulator (docs/protocols.md, section 1), over ``TokenBook``.
 
 Order of the checks: scripted answer (``token_error`` fault), credentials (401
 ``invalid_client``), refresh token (400 ``invalid_grant``: unknown, used, expired or another
@@ -34,7 +34,7 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
 
 
 async def token_endpoint(sim: Simulator, request: web.Request) -> web.Response:
-    """``POST /oauth/token``: the grants and error answers of ccaas-wire.md section 1."""
+    """``POST /oauth/token``: the grants and error answers of docs/protocols.md section 1."""
     auth = basic_credentials(request.headers.get("Authorization", ""))
     form = await request.post()
     client_id = auth[0] if auth else None

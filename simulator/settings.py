@@ -18,7 +18,7 @@ PLATFORMS: tuple[Platform, ...] = ("genesys", "nice")
 
 @dataclass(frozen=True)
 class PlatformRules:
-    """What differs between the two flavours (ccaas-wire.md, section 2)."""
+    """What differs between the two flavours (docs/protocols.md, section 2)."""
 
     path: str
     resume_param: str

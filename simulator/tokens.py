@@ -1,4 +1,4 @@
-"""The OAuth2 side of the simulator, pure: issue, rotate and check tokens (ccaas-wire.md, s.1).
+"""The OAuth2 side of the simulator, pure: issue, rotate and check tokens (docs/protocols.md, s.1).
 
 No I/O and no clock of its own: every call takes ``now`` (the server's clock, skew included).
 Access tokens are real JWTs (HS256 over a per-simulator key) whose payload carries ``sub`` (the

@@ -22,7 +22,7 @@ from ccstream.config import Config, load
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE",
-                        help="the TOML configuration (kafka-and-cli.md)")
+                        help="the TOML configuration (docs/kafka.md)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from connectors.kafka import cursor_store
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE",
-                        help="the TOML configuration (kafka-and-cli.md)")
+                        help="the TOML configuration (docs/kafka.md)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Every record the stream hands to the producer (events to the raw topic, bad frames to the DLQ) is
 tracked in ``Progress`` in arrival order, so the resume point only moves over what Kafka has
-acknowledged (``kafka-and-cli.md``: "a cursor is written only after every event up to it has been
+acknowledged (``docs/kafka.md``: "a cursor is written only after every event up to it has been
 acknowledged"). A failed send blocks the resume point and calls ``on_failure`` (the session then
 reconnects: the platform replays from the acknowledged prefix).
 

@@ -1,6 +1,6 @@
 """The Kafka side of the connector: one idempotent aiokafka producer for the whole process.
 
-Records follow ``../shared/contracts/kafka-and-cli.md`` exactly: raw events keyed by
+Records follow ``docs/kafka.md`` exactly: raw events keyed by
 ``correlationId`` with the frame's bytes verbatim and the contract's headers; bad frames on the
 DLQ topic keyed by stream name, the bytes (base64 when they are not UTF-8 text) and a reason;
 cursors on the compacted cursor topic (``cursor_store``). ``acks="all"`` plus idempotence: an

@@ -1,6 +1,6 @@
 """Platform adapters: everything that differs between Genesys and NICE, behind one ``Protocol``.
 
-``../shared/contracts/ccaas-wire.md`` §2. An adapter builds the stream URL afresh for every
+``docs/protocols.md`` §2. An adapter builds the stream URL afresh for every
 attempt (token, resume point, types), turns a received frame into a ``Frame`` (event, heartbeat,
 closing notice or bad input, never an exception), and says how far a stream has safely got
 (``progress()``). A third platform is one new module here plus one test file.

@@ -1,6 +1,6 @@
 """Genesys Cloud CX flavour: ``since`` resumption (inclusive replay of ``timestamp >= T``).
 
-``../shared/contracts/ccaas-wire.md`` §2. Key fields: ``eventType``, ``correlationId`` and an
+``docs/protocols.md`` §2. Key fields: ``eventType``, ``correlationId`` and an
 RFC 3339 ``timestamp`` (the resume point is computed from it, so an unreadable one is bad input).
 """
 

@@ -1,6 +1,6 @@
 """NICE CXone flavour: opaque ``cursor`` resumption (replay after C, possibly some at or before).
 
-``../shared/contracts/ccaas-wire.md`` §2. Key fields: ``eventType``, ``correlationId``,
+``docs/protocols.md`` §2. Key fields: ``eventType``, ``correlationId``,
 ``timestamp`` (the dedup key) and ``cursor`` (the resume point). ``eventId`` is not required:
 the contract's dedup key does not use it.
 """

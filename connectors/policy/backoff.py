@@ -3,7 +3,7 @@
 Pure: the random source is a parameter (``connectors.salt.salted_random``), nothing here sleeps or
 reads a clock.
 
-The default jitter is the platform guide's formula (``../shared/contracts/ccaas-wire.md`` §3)::
+The default jitter is the platform guide's formula (``docs/protocols.md`` §4)::
 
     delay = min(base * 2**attempt, max) * (0.5 + random())
 

@@ -1,6 +1,6 @@
 """The circuit breaker of one stream: an explicit state machine.
 
-``../shared/contracts/ccaas-wire.md`` §3: "a circuit breaker after a maximum number of
+``docs/protocols.md`` §4: "a circuit breaker after a maximum number of
 attempts". Closed: attempts flow. Open: no attempt until the cool-down has passed, and the
 operator is told (log ``breaker.opened``, metric, exit code when every stream is open).
 Half-open: exactly one probe attempt; an *event* received closes the breaker (a handshake alone

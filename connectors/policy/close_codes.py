@@ -1,6 +1,6 @@
 """What a close, a handshake answer or a dropped connection means: a pure classifier.
 
-Every row of the "Closing" and "Handshake answers" tables of ``../shared/contracts/ccaas-wire.md``
+Every row of the "Closing" and "Handshake answers" tables of ``docs/protocols.md``
 maps to one ``Disposition``: what the session does next (``Action``), why (``cause``, the label of
 the reconnect metric and of ``ws.reconnect_scheduled``), and the earliest retry (``floor_s``).
 """

@@ -1,6 +1,6 @@
 """When a resume point has fallen out of the platform's retention: two pure rules.
 
-``../shared/contracts/ccaas-wire.md`` §2: "A resume point older than the server's retention
+``docs/protocols.md`` §2: "A resume point older than the server's retention
 replays from the oldest retained event: events between are gone for good, and the client must
 report the gap (log line and metric), not hide it." Retention is rarely published and can shrink
 at any time (a platform may evict by count, as the simulator's ``purge`` fault does), so age alone

@@ -1,6 +1,6 @@
 """The client's keep-alive clock: when to ping, when the connection is dead. Pure.
 
-``../shared/contracts/ccaas-wire.md`` §2: the client pings at most every 15 s (Genesys, we use
+``docs/protocols.md`` §2: the client pings at most every 15 s (Genesys, we use
 12 s) or 30 s (NICE, we use 25 s) and the server pongs within 2 s; a client that does not ping in
 its window is dropped *without* a close frame. So pings go out every interval whatever else is
 received, while any inbound frame (pong, event, heartbeat) proves the connection alive. Dead =

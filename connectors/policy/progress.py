@@ -1,7 +1,7 @@
 """How far a stream has safely got: the resume point covered by Kafka acknowledgements. Pure.
 
 Kafka acknowledges sends out of order (one batch per partition), but a resume point is only safe
-when *every* record the stream sent before it is acknowledged (``kafka-and-cli.md``: "a cursor is
+when *every* record the stream sent before it is acknowledged (``docs/kafka.md``: "a cursor is
 written only after every event up to it has been acknowledged"). So each send is tracked in
 arrival order under a sequence number; the acknowledged *prefix* decides the resume point; a
 failed send blocks the prefix until ``rewind()`` (before a reconnect) makes the platform replay

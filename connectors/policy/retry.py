@@ -3,7 +3,7 @@
 Pure (the clock is the ``now`` argument). ``ReconnectPolicy`` composes the three small policies
 of the issue: ``Backoff`` (how long), ``RetryWindow`` (how many attempts recently) and
 ``Breaker`` (whether at all). The attempt counter resets only on the first *event* received
-after a reconnect, never on a successful handshake (``../shared/contracts/ccaas-wire.md`` §3):
+after a reconnect, never on a successful handshake (``docs/protocols.md`` §4):
 a server that accepts and then drops every connection must still open the breaker.
 """
 

@@ -1,8 +1,8 @@
 """Which dedup key a raw record has, or why it has none (pure).
 
 The connector puts the key in the ``ccstream-dedup-key`` header (``eventType|correlationId|
-timestamp``, shared/contracts/kafka-and-cli.md); a raw record written by anyone else may lack
-it, so the key is then rebuilt from the event frame (shared/contracts/ccaas-wire.md, "The dedup
+timestamp``, docs/kafka.md); a raw record written by anyone else may lack
+it, so the key is then rebuilt from the event frame (docs/protocols.md, "The dedup
 key of an event is (eventType, correlationId, timestamp), compared as strings"). A record with
 neither is bad input: it goes to the DLQ with the reason, and the stream goes on.
 """

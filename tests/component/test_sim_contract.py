@@ -1,4 +1,4 @@
-"""The simulator serves ccaas-wire.md: one test per row of the contract's tables.
+"""The simulator serves docs/protocols.md: one test per row of the contract's tables.
 
 Clients here are plain aiohttp (token endpoint) and plain ``websockets`` (streams): no ccstream
 code, so that what is tested is the wire, exactly as a third-party client would see it.
