@@ -135,7 +135,8 @@ class WebSocketSource:
 
     # -- control -------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop reading; close the open socket with 1000 "Graceful shutdown" (docs/protocols.md §4)."""
+        """Stop reading; close the open socket with 1000 "Graceful shutdown" (docs/protocols.md
+        §4)."""
         self._stopping.set()
         ws = self._ws
         if ws is not None and self._closer is None:

@@ -59,7 +59,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def _own(name: str) -> bool:
-    return name.split(".")[0] in PACKAGES
+    return name.split(".", maxsplit=1)[0] in PACKAGES
 
 
 def _layer(module: str) -> str | None:
