@@ -16,11 +16,13 @@ from ccstream import config
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ccstream", "connectors", "pipeline", "simulator", "devtools")
 # a structured log call: log.info("ws.connected", ...) and the dedup worker's _die("dedup.x", ...)
-EVENT = re.compile(r"""\b(?:debug|info|warning|error|exception|_die)\(\s*["']([a-z_]+(?:\.[a-z_]+)+)["']""")
+EVENT = re.compile(r"""\b(?:debug|info|warning|error|exception|_die)\(\s*"""
+                   r"""["']([a-z_]+(?:\.[a-z_]+)+)["']""")
 
 
 def _documented() -> str:
-    return "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(p.read_text() for p in pages)
 
 
 def _events() -> set[str]:
