@@ -29,8 +29,9 @@ The contract a source keeps:
   platform keeps, an interval no socket covered, a poll outage) is a *gap*: logged
   ``stream.gap``, counted (``ccstream_gaps_total``, ``ccstream_gap_seconds_total``), kept in the
   cursor (``open_gaps``) until it is filled, never hidden.
-* **Has a status** (``SourceStatus``) and, once failed for good, ``fatal`` (the one line for
-  stderr). It reports every change through ``SourceDeps.on_change``.
+* **Has a status** (``SourceStatus``; the allowed transitions are ``policy.lifecycle``'s table)
+  and, once failed for good, ``fatal`` (the one line for stderr). It reports every change through
+  ``SourceDeps.on_change``.
 * **Never raises for a platform or Kafka failure**: it retries with the shared policies (backoff
   with jitter and salt, the per-host ``limiter``, the breaker), or, for a non-retriable answer,
   sets ``FAILED`` and returns from ``run()``: that stream stops, the others go on.
@@ -56,7 +57,6 @@ Three kinds fit it:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -68,18 +68,13 @@ if TYPE_CHECKING:
     from connectors.platforms import Frame
     from connectors.policy.ratelimit import TokenBucket
 
+from connectors.policy.lifecycle import SourceStatus
+
+__all__ = ["CursorBody", "Shared", "Sink", "Source", "SourceDeps", "SourceStatus",
+           "TokenSource"]
+
 CursorBody = dict[str, Any]
 T = TypeVar("T")
-
-
-class SourceStatus(enum.Enum):
-    STARTING = "starting"
-    CONNECTING = "connecting"   # an attempt is being made (token, handshake, REST set-up)
-    STREAMING = "streaming"     # records flow
-    WAITING = "waiting"         # backing off before the next attempt
-    OPEN = "open"               # the breaker is open
-    STOPPED = "stopped"
-    FAILED = "failed"           # a non-retriable error: ``fatal`` says which
 
 
 class Sink(Protocol):

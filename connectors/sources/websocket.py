@@ -33,7 +33,7 @@ from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.kafka.delivery import Delivery, safe_error
 from connectors.platforms import Frame, FrameKind, adapter_for
-from connectors.policy import close_codes
+from connectors.policy import close_codes, lifecycle
 from connectors.policy.backoff import Backoff
 from connectors.policy.breaker import Breaker, BreakerState
 from connectors.policy.close_codes import Action, Disposition
@@ -414,6 +414,6 @@ class WebSocketSource:
 
     def _set(self, status: SourceStatus) -> None:
         if status is not self.status:
-            self.status = status
+            self.status = lifecycle.transition(self.status, status)
             self.deps.on_change(self)
 

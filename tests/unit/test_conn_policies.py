@@ -332,3 +332,28 @@ async def test_an_event_larger_than_the_raw_topic_takes_is_refused_before_batchi
     frame = adapter_for("genesys").parse(raw, False, 1_048_576)
     with pytest.raises(RecordTooLargeError):
         await sink.send_event("g", "genesys", frame, 0.0)
+
+
+def test_source_lifecycle_table_is_walked() -> None:
+    """Every transition the table allows is accepted, every other one refused; the two end
+    states are final and every live state can stop or fail."""
+    from connectors.policy.lifecycle import (
+        TRANSITIONS,
+        SourceStatus,
+        TransitionError,
+        live,
+        transition,
+    )
+
+    for current in SourceStatus:
+        for new in SourceStatus:
+            if new is current or new in TRANSITIONS[current]:
+                assert transition(current, new) is new
+            else:
+                with pytest.raises(TransitionError):
+                    transition(current, new)
+        if live(current):
+            assert {SourceStatus.STOPPED, SourceStatus.FAILED} <= TRANSITIONS[current]
+    assert not live(SourceStatus.STOPPED) and not live(SourceStatus.FAILED)
+    # a breaker that opened only closes through a half-open attempt
+    assert TRANSITIONS[SourceStatus.OPEN] & {SourceStatus.STREAMING, SourceStatus.WAITING} == set()
