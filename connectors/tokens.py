@@ -29,12 +29,10 @@ from ccstream import metrics
 from ccstream.errors import CcstreamError
 from ccstream.logs import BoundLogger, get_logger
 from connectors.policy.close_codes import retry_after_seconds
+from connectors.policy.session import CERT_ERROR
 from connectors.policy.token_expiry import Token, expires_at, jwt_exp, refresh_at
 
 Clock = Callable[[], float]
-
-
-CERT_ERROR = "certificate_verify_failed"
 
 
 class TokenError(CcstreamError):

@@ -9,7 +9,7 @@ closing notice or bad input, never an exception), and says how far a stream has 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -54,6 +54,11 @@ class PlatformAdapter(Protocol):
     ping_interval_s: float        # the platform's window minus a margin (12 s / 25 s)
     retention_s: float            # how far back the platform can replay (gap detection)
     resume_param: str             # "since" | "cursor": the key of the cursor-topic value
+
+    @property
+    def resume_epoch(self) -> Callable[[str], float | None] | None:
+        """Reads the instant a resume point stands for, when it is a time (Genesys' ``since``:
+        gap ages are measured from it); None for an opaque cursor."""
 
     def url(self, base: str, token: str, resume: str | None, types: Sequence[str]) -> str: ...
 

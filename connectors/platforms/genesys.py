@@ -6,7 +6,7 @@ RFC 3339 ``timestamp`` (the resume point is computed from it, so an unreadable o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ccstream.config import Platform
 from ccstream.records import dedup_key
@@ -30,6 +30,10 @@ class Genesys:
     ping_interval_s = 12.0   # the platform drops a client silent for 15 s
     retention_s = 86_400.0   # assumption (not published): one day of replay
     resume_param = "since"
+
+    @property
+    def resume_epoch(self) -> Callable[[str], float | None]:
+        return parse_timestamp
 
     def url(self, base: str, token: str, resume: str | None, types: Sequence[str]) -> str:
         return with_query(base, stream_params(token, "since", resume, types))

@@ -32,6 +32,10 @@ class Nice:
     retention_s = 86_400.0   # assumption (not published): one day of replay
     resume_param = "cursor"
 
+    @property
+    def resume_epoch(self) -> None:
+        return None  # an opaque cursor stands for no instant
+
     def url(self, base: str, token: str, resume: str | None, types: Sequence[str]) -> str:
         return with_query(base, stream_params(token, "cursor", resume, types))
 

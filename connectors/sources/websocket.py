@@ -25,11 +25,8 @@ import ssl
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from ccstream import metrics
 from ccstream.config import ConnectorSettings, StreamConfig
 from ccstream.logs import BoundLogger, get_logger
-from ccstream.records import rfc3339
-from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.kafka.delivery import Delivery, safe_error
 from connectors.platforms import Frame, FrameKind, adapter_for
@@ -40,18 +37,25 @@ from connectors.policy.close_codes import Action, Disposition
 from connectors.policy.gaps import Gap, GapWatch
 from connectors.policy.keepalive import KeepAlive
 from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.policy.session import (
+    TLS_HINT,
+    ConnectionState,
+    Ending,
+    ending_disposition,
+    token_disposition,
+)
 from connectors.sources.base import CursorBody, SourceDeps, SourceStatus, TokenSource
+from connectors.sources.observer import StreamObserver
 from connectors.sources.stopping import Stopping
 from connectors.sources.wire import (
     HARD_CAP_FACTOR,
     RAISED_CAP_FACTOR,
-    TLS_HINT,
     TypedConnection,
     drive_keepalive,
     open_connection,
     tls_context,
 )
-from connectors.tokens import CERT_ERROR, TokenError, TokenManager
+from connectors.tokens import TokenError, TokenManager
 
 
 def guide_tokens(stream: StreamConfig, settings: ConnectorSettings, deps: SourceDeps
@@ -79,8 +83,8 @@ class WebSocketSource:
         self.deps = deps
         self.tokens = tokens if tokens is not None else guide_tokens(stream, settings, deps)
         self.adapter = adapter_for(stream.platform)
-        self.log: BoundLogger = get_logger("ccstream.connector", stream=stream.name,
-                                           platform=stream.platform)
+        self.observe = StreamObserver(stream.name, stream.platform)
+        self.log: BoundLogger = self.observe.log
         self.policy = ReconnectPolicy(
             Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.jitter, deps.rand,
                     settings.deployment_offset_s),
@@ -93,8 +97,7 @@ class WebSocketSource:
         self.ping_interval_s = stream.ping_interval_s or self.adapter.ping_interval_s
         self.retention_s = stream.retention_s or self.adapter.retention_s
         self.gaps = GapWatch(resume, seen or deps.wall(), self.retention_s,
-                             settings.since_lateness_s,
-                             parse_timestamp if self.adapter.resume_param == "since" else None)
+                             settings.since_lateness_s, self.adapter.resume_epoch)
         self.delivery = Delivery(stream, deps.sink, self.progress, deps.wall, log=self.log,
                                  on_failure=self._on_kafka_failure)
         self._tls = tls_context(stream, self.log)
@@ -105,25 +108,14 @@ class WebSocketSource:
         self._closer: asyncio.Task[None] | None = None
         # sockets left behind by a planned reconnect, still finishing their close handshake
         self._retiring: set[asyncio.Task[None]] = set()
-        self._dead = False
-        self._kafka_failed = False  # on this connection
-        self._kafka_down = False    # since then, until what was in flight is delivered
-        self._over_cap = False      # the last connection closed with 1009 (frame over cap)
-        self._first_event = True
+        self._conn = ConnectionState()  # the facts of the open connection
+        # across connections: Kafka failed and has not taken what was in flight yet (the next
+        # attempt waits for it); the last connection closed on a frame over the hard cap
+        self._kafka_down = False
+        self._over_cap = False
         self.connections = 0
-        self._init_metrics()
-
-    def _init_metrics(self) -> None:
-        """Every per-stream series exists from the start (a scrape shows 0, not nothing)."""
-        name = self.stream.name
-        for counter in (metrics.GAPS, metrics.EVENTS_IN, metrics.EVENTS_PRODUCED,
-                        metrics.HEARTBEATS, metrics.WS_CONNECTS, metrics.CURSOR_COMMITS):
-            counter.labels(name)
-        for gauge in (metrics.BREAKER_STATE, metrics.BACKOFF_CURRENT, metrics.STREAM_FAILED,
-                      metrics.STREAM_CONNECTED):
-            gauge.labels(name).set(0)
         wall, delivery = self.deps.wall, self.delivery
-        metrics.LAST_EVENT_AGE.labels(name).set_function(lambda: wall() - delivery.last_event)
+        self.observe.event_age(lambda: wall() - delivery.last_event)
 
     @property
     def name(self) -> str:
@@ -160,7 +152,7 @@ class WebSocketSource:
                 await asyncio.wait(self._retiring, timeout=self.settings.close_timeout_s)
             if self.status is not SourceStatus.FAILED:
                 self._set(SourceStatus.STOPPED)
-            metrics.BACKOFF_CURRENT.labels(self.stream.name).set(0)
+            self.observe.backoff_over()
 
     def checkpoint(self, now: float) -> CursorBody | None:
         """``{"since": T}`` or ``{"cursor": C}``: the replay point over the acknowledged prefix."""
@@ -177,11 +169,10 @@ class WebSocketSource:
             if not await self._stopping.sleep(wait):
                 return False
         if self.policy.breaker.state is BreakerState.HALF_OPEN:
-            metrics.BREAKER_STATE.labels(self.stream.name).set(1)
-            self.log.info("breaker.half_open")
+            self.observe.half_open()
         wait = self.deps.limiter.reserve(self.deps.clock())
         if wait > 0:
-            self.log.debug("ws.rate_limited", wait_s=round(wait, 3))
+            self.observe.rate_limited(wait)
             return await self._stopping.sleep(wait)
         return not self._stopping.is_set()
 
@@ -197,15 +188,10 @@ class WebSocketSource:
         try:
             token = await self._stopping.race(self.tokens.get())
         except TokenError as err:
-            if not err.retriable:
-                hint = ("check client_id and the client secret" if err.error == "invalid_client"
-                        else TLS_HINT if err.error == CERT_ERROR else "check token_url")
-                return Disposition(Action.FATAL, "bad_credentials", detail=(
-                    f"stream {self.stream.name}: the token endpoint answered {err.status} "
-                    f"{err.error}: {hint}"))
-            self.log.warning("token.failed", status=err.status, error=err.error,
-                             retry_after_s=err.retry_after_s)
-            return Disposition(Action.RECONNECT, "token_error", err.retry_after_s)
+            if err.retriable:
+                self.observe.token_failed(err.status, err.error, err.retry_after_s)
+            return token_disposition(self.stream.name, err.status, err.error, err.retriable,
+                                     err.retry_after_s)
         if token is None or (self._kafka_down and not await self._wait_for_kafka()):
             return close_codes.stop()
         # sends still in flight get a bounded time, so the resume point replays less
@@ -228,7 +214,7 @@ class WebSocketSource:
                 f"stream {self.stream.name}: the server's certificate was not verified "
                 f"({err.verify_message}): {TLS_HINT}"))
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as err:
-            self.log.warning("ws.connect_failed", error=safe_error(err))
+            self.observe.connect_failed(safe_error(err))
             return close_codes.connect_error()
         if ws is None:
             return close_codes.stop()
@@ -240,8 +226,7 @@ class WebSocketSource:
         disposition = close_codes.classify_handshake(status, headers)
         if disposition.auth:
             self.tokens.invalidate(token)
-        self.log.warning("ws.handshake_rejected", status=status, cause=disposition.cause,
-                         retry_after_s=disposition.floor_s)
+        self.observe.handshake_rejected(status, disposition)
         if disposition.action is Action.FATAL:
             return Disposition(Action.FATAL, disposition.cause,
                                detail=f"stream {self.stream.name}: {disposition.detail}")
@@ -251,9 +236,7 @@ class WebSocketSource:
                          ) -> Disposition:
         self._ws = ws
         self.connections += 1
-        metrics.WS_CONNECTS.labels(self.stream.name).inc()
-        metrics.STREAM_CONNECTED.labels(self.stream.name).set(1)
-        self.log.info("ws.connected", resume=resume, connection=self.connections)
+        self.observe.connected(resume, self.connections)
         if self._stopping.is_set():
             self.stop()  # a stop that arrived during the handshake: close what just opened
         try:
@@ -268,14 +251,13 @@ class WebSocketSource:
                 await ws.close()
             self._ws = None
             self._closer = None
-            metrics.STREAM_CONNECTED.labels(self.stream.name).set(0)
+            self.observe.disconnected()
 
     # -- the open connection ---------------------------------------------------------------------
     async def _pump(self, ws: TypedConnection, token: str) -> Disposition:
         clock = self.deps.clock
         keepalive = KeepAlive(self.ping_interval_s, self.settings.pong_timeout_s, clock())
-        self._dead = self._kafka_failed = False
-        self._first_event = True
+        self._conn = ConnectionState()
         keeper = asyncio.get_running_loop().create_task(
             drive_keepalive(ws, keepalive, clock, self._mark_dead, self.log))
         try:
@@ -292,10 +274,10 @@ class WebSocketSource:
                     self._retiring.add(self._closer)
                     self._closer.add_done_callback(self._retiring.discard)
                     return close_codes.closing_notice()
-                if frame.kind is FrameKind.EVENT and self._first_event:
+                if frame.kind is FrameKind.EVENT and not self._conn.first_event_seen:
                     self._on_first_event(frame)
                 await self.delivery.handle(frame)
-                if self._kafka_failed:  # stop reading: what follows could not be delivered
+                if self._conn.ended(Ending.KAFKA_FAILED):  # what follows could not be delivered
                     return close_codes.kafka_error()
         except ConnectionClosed as err:
             return await self._closed(err, token)
@@ -306,9 +288,9 @@ class WebSocketSource:
     def _on_kafka_failure(self) -> None:
         self._kafka_down = True  # the next attempt waits for Kafka first
         ws = self._ws
-        if ws is not None and not self._kafka_failed and self._closer is None:
+        if ws is not None and not self._conn.ended(Ending.KAFKA_FAILED) and self._closer is None:
             # the platform replays it after a reconnect from the acknowledged prefix
-            self._kafka_failed = True
+            self._conn.end(Ending.KAFKA_FAILED)
             self._closer = asyncio.get_running_loop().create_task(
                 ws.close(1000, "Reconnecting"))
 
@@ -336,80 +318,56 @@ class WebSocketSource:
         return True
 
     def _on_first_event(self, frame: Frame) -> None:
-        self._first_event = False
+        self._conn.first_event_seen = True
         self._report_gap(self.gaps.first_event(frame.epoch))
-        if self.policy.event():
-            self.log.info("breaker.closed")
-        metrics.BREAKER_STATE.labels(self.stream.name).set(0)
+        self.observe.first_event(breaker_closed=self.policy.event())
         self._set(SourceStatus.STREAMING)
 
     def _mark_dead(self) -> None:
-        self._dead = True
+        self._conn.end(Ending.DEAD)
 
     async def _closed(self, err: ConnectionClosed, token: str) -> Disposition:
         if self._stopping.is_set():
-            self.log.info("ws.closed", cause="shutdown", code=1000)
-            return close_codes.stop()
-        if self._dead:
-            return close_codes.pong_timeout()
-        if self._kafka_failed:
-            return close_codes.kafka_error()
+            self._conn.end(Ending.SHUTDOWN)
         rcvd, sent = err.rcvd, err.sent
-        # websockets closed with 1009 itself: a frame over the hard cap (the server may not
-        # even echo the close), so the cause is ours, whatever came back
-        self._over_cap = sent is not None and sent.code == 1009
-        if self._over_cap:
+        closed = ending_disposition(self._conn, sent.code if sent else None,
+                                    rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+        disposition = closed.disposition
+        if self._conn.ending is Ending.SHUTDOWN:
+            self.observe.closed(1000, None, "shutdown")
+        if self._conn.ending is not None:
+            return disposition
+        self._over_cap = closed.over_cap
+        if closed.over_cap:
             await self.delivery.dead_letter(
                 b"", "frame_over_hard_cap: websockets closed with 1009")
             rcvd = sent
-        disposition = close_codes.classify_close(rcvd.code if rcvd else None,
-                                                 rcvd.reason if rcvd else "")
         if disposition.auth:
             self.tokens.invalidate(token)  # never reuse a token after an auth close
-        self.log.info("ws.closed", code=rcvd.code if rcvd else None,
-                      reason=rcvd.reason if rcvd else None, cause=disposition.cause)
+        self.observe.closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else None,
+                            disposition.cause)
         return disposition
 
     # -- between attempts ------------------------------------------------------------------------
     async def _after(self, disposition: Disposition) -> None:
-        name = self.stream.name
         if disposition.action is Action.PLANNED:
             plan = self.policy.planned()
         else:
             plan = self.policy.failure(self.deps.clock(), disposition.floor_s,
                                        auth=disposition.auth)
-        metrics.WS_RECONNECTS.labels(name, disposition.cause).inc()
-        if plan.opened:
-            metrics.BREAKER_STATE.labels(name).set(2)
-            self.log.error("breaker.opened", attempts=plan.attempts, cause=disposition.cause,
-                           cooldown_s=plan.delay_s)
-            self._set(SourceStatus.OPEN)
-        else:
-            self._set(SourceStatus.WAITING)
-        metrics.BACKOFF_DELAY.labels(name).observe(plan.delay_s)
-        metrics.BACKOFF_CURRENT.labels(name).set(plan.delay_s)
-        self.log.info("ws.reconnect_scheduled", cause=disposition.cause,
-                      delay_s=round(plan.delay_s, 3), attempts=plan.attempts,
-                      floor_s=disposition.floor_s)
+        self._set(SourceStatus.OPEN if plan.opened else SourceStatus.WAITING)
+        self.observe.reconnect_scheduled(disposition, plan)
         await self._stopping.sleep(plan.delay_s)
-        metrics.BACKOFF_CURRENT.labels(name).set(0)
+        self.observe.backoff_over()
 
     def _report_gap(self, gap: Gap | None) -> None:
-        """Contract §2: a resume point older than retention loses events; report, not hide."""
-        if gap is None:
-            return
-        metrics.GAPS.labels(self.stream.name).inc()
-        self.log.error("stream.gap", rule=gap.rule, resume=gap.resume,
-                       age_s=None if gap.age_s is None else round(gap.age_s, 3),
-                       retention_s=self.retention_s,
-                       anchor=None if gap.anchor is None else rfc3339(gap.anchor),
-                       first=None if gap.first is None else rfc3339(gap.first))
+        if gap is not None:
+            self.observe.gap(gap, self.retention_s)
 
     # -- helpers -------------------------------------------------------------------------------
     def _fail(self, disposition: Disposition) -> None:
         self.fatal = disposition.detail or disposition.cause
-        metrics.STREAM_FAILED.labels(self.stream.name).set(1)
-        self.log.error("stream.failed", cause=disposition.cause, error=self.fatal)
+        self.observe.failed(disposition.cause, self.fatal)
         self._set(SourceStatus.FAILED)
 
     def _set(self, status: SourceStatus) -> None:

@@ -79,10 +79,6 @@ class TypedConnection(ClientConnection):
         return data, self.binary.popleft() if self.binary else False
 
 
-TLS_HINT = ("set ca_file to the bundle of the CA that signed it "
-            "(insecure_skip_verify = true turns verification off: tests only)")
-
-
 def tls_context(stream: StreamConfig, log: BoundLogger) -> ssl.SSLContext | None:
     """Certificates are verified by default; switching it off is explicit and logged loudly."""
     if not stream.url.startswith("wss://") and not stream.token_url.startswith("https://"):
