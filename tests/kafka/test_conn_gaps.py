@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from test_conn_kafka import make_config
-from test_conn_session import SECRET, raw_has_everything, running, sim_stream, until
+from support.connector import SECRET, make_config, raw_has_everything, running, sim_stream, until
 
 from ccstream import metrics
 from ccstream.records import rfc3339

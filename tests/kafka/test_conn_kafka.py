@@ -6,19 +6,15 @@ scaled-time configuration for the simulator).
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from support.connector import make_config, read_all
 
 from ccstream import records
-from ccstream.config import Config, parse
 from ccstream.topics import (
     contract_topics,
     ensure_topics,
     max_record_bytes,
-    partition_count,
     topic_config,
 )
 from connectors.kafka import cursor_store
@@ -26,50 +22,6 @@ from connectors.kafka.sink import KafkaSink
 from connectors.platforms import adapter_for
 
 pytestmark = pytest.mark.kafka
-
-# scaled time for every loop test: 1 platform second is a few milliseconds here
-FAST_CONNECTOR: dict[str, Any] = {
-    "backoff_base_s": 0.05, "backoff_max_s": 0.4, "breaker_cooldown_s": 30.0,
-    "max_attempts": 8, "retry_window_s": 60.0, "reconnects_per_second": 100.0,
-    "reconnect_burst": 20, "pong_timeout_s": 0.3, "open_timeout_s": 3.0, "close_timeout_s": 1.0,
-    "cursor_commit_interval_s": 0.2, "grace_period_s": 6.0, "token_safety_buffer_s": 300.0,
-}
-
-
-def make_config(bootstrap: str, prefix: str, streams: list[dict[str, Any]],
-                **connector: Any) -> Config:
-    """A configuration whose topics are unique to the test and whose time is scaled."""
-    return parse({
-        "kafka": {"bootstrap_servers": bootstrap, "partitions": 2, "linger_ms": 2},
-        "topics": {"raw": f"{prefix}.raw", "clean": f"{prefix}.clean",
-                   "cursors": f"{prefix}.cursors", "dlq": f"{prefix}.dlq"},
-        "connector": {**FAST_CONNECTOR, **connector},
-        "streams": streams,
-    }, environ={})
-
-
-async def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` up to its current end offsets."""
-    tps = [TopicPartition(topic, p) for p in range(await partition_count(bootstrap, topic))]
-    if not tps:
-        return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(batch)
-        return out
-    finally:
-        await consumer.stop()
-
-
-def dedup_keys(raw_records: list[Any]) -> set[str]:
-    return {records.header(r.headers, records.H_DEDUP_KEY).decode() for r in raw_records}
 
 
 async def test_sink_writes_contract_records_and_dlq(bootstrap: str, topic_prefix: str) -> None:

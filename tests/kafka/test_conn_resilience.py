@@ -13,16 +13,18 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
-from test_conn_fuzz import ScriptedPlatform
-from test_conn_kafka import dedup_keys, make_config, read_all
-from test_conn_session import (
+from support.connector import (
     SECRET,
+    dedup_keys,
     genesys_sim,
+    make_config,
     raw_has_everything,
+    read_all,
     running,
     sim_stream,
     until,
 )
+from support.scripted import ScriptedPlatform
 
 from ccstream import records
 from devtools.devkafka import free_port

@@ -9,67 +9,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
-from test_conn_kafka import dedup_keys, make_config, read_all
+from support.connector import (
+    SECRET,
+    genesys_sim,
+    make_config,
+    raw_has_everything,
+    read_all,
+    running,
+    sim_stream,
+    until,
+)
 
 from ccstream import metrics, records
-from ccstream.config import Config
-from connectors.runner import Outcome, Runner
 from connectors.sources.base import SourceStatus as StreamStatus
 from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 pytestmark = pytest.mark.kafka
-
-SECRET = "s3cret-value-never-logged"
-
-
-def sim_stream(sim: Simulator, name: str, platform: str, client: str, secret: str = SECRET,
-               **extra: Any) -> dict[str, Any]:
-    return {"name": name, "platform": platform, "url": sim.stream_url(platform),
-            "token_url": sim.token_url, "client_id": client, "client_secret": secret, **extra}
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[tuple[Runner, asyncio.Task[Outcome]]]:
-    """The runner in a task; stopped (bounded) on the way out whatever happened."""
-    runner = Runner(config)
-    task = asyncio.get_running_loop().create_task(runner.run())
-    try:
-        # start-up (topics, producer, cursor read-back) can be slow on a fresh, busy broker
-        await until(lambda: runner.sources or task.done(), timeout=60)
-        yield runner, task
-    finally:
-        runner.request_stop()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await _value(predicate()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.05)
-
-
-async def _value(value: Any) -> Any:
-    return await value if asyncio.iscoroutine(value) else value
-
-
-async def raw_has_everything(bootstrap: str, config: Config, sim: Simulator, platform: str,
-                             client: str) -> bool:
-    emitted = sim.ledger.keys(platform, client)  # type: ignore[arg-type]
-    got = dedup_keys(await read_all(bootstrap, config.topics.raw))
-    return bool(emitted) and emitted <= got
-
-
-def genesys_sim(**kw: Any) -> Simulator:
-    base: dict[str, Any] = {"clients": (ClientSpec("acme", SECRET, platforms=("genesys",)),),
-                            "seed": 3, "rate": 40.0, "duplicate_rate": 0.0}
-    return Simulator(SimSettings(**{**base, **kw}))
 
 
 async def test_token_expiry_refreshes_once_per_expiry_and_never_reuses_it(

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_conn_kafka import make_config
-from test_conn_session import SECRET, genesys_sim, raw_has_everything, running, until
+from support.connector import SECRET, genesys_sim, make_config, raw_has_everything, running, until
 
 from connectors.sources.base import SourceStatus as StreamStatus
 from simulator import Simulator

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from test_dedup_kafka import (
+from support.dedup import (
     T0,
     dedup_keys,
     expected_keys,

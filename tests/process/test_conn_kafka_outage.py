@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from test_conn_kafka import make_config, read_all
-from test_conn_session import SECRET, running, sim_stream, until
+from support.connector import SECRET, make_config, read_all, running, sim_stream, until
 
 from ccstream import records
 from ccstream.config import Config

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from test_conn_fuzz import ScriptedServer
-from test_conn_kafka import FAST_CONNECTOR, dedup_keys, read_all
-from test_conn_session import SECRET, until
+from support.connector import FAST_CONNECTOR, SECRET, dedup_keys, read_all, until
+from support.scripted import ScriptedServer
 
 from ccstream import records
 from ccstream.timefmt import parse_rfc3339 as parse_timestamp

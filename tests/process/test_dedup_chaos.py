@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_dedup_kafka import (
+from support.dedup import (
     T0,
     Worker,
     committed_offsets_reached,
