@@ -56,3 +56,16 @@ def test_docker_compose_parses_the_file() -> None:
     proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config", "-q"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_image_holds_every_package_at_the_locked_versions() -> None:
+    """The Dockerfile copies every package pyproject.toml ships and installs with the
+    constraints the tests ran with."""
+    import tomllib
+
+    text = (DOCKER / "Dockerfile").read_text()
+    project = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    for package in packages:
+        assert f"COPY {package} ./{package}" in text, package
+    assert "-c constraints.txt" in text
