@@ -8,6 +8,12 @@ JSON list of faults while running). It prints its URLs and a ready-to-paste [[st
 then runs until SIGINT/SIGTERM (or --duration). Every client id is a tenant with its own streams.
 Durations of the platform (token lifetimes, ping windows, heartbeats, retention age) are divided
 by --time-scale; fault times and durations are real seconds.
+
+--platform picks the flavour: `guide` (default: the integration guide's Genesys and NICE streams
+above) or `cxone` (NICE CXone real-time data: discovery, access-key tokens, polling with a
+server watermark, completed contacts; docs/cxone.md). The --cxone-* options are that flavour's;
+--host, --port, --client, --seed, --rate, --time-scale, --faults, --fault and --duration mean the
+same in every flavour.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import secrets
 import signal
 import sys
@@ -32,6 +39,8 @@ from simulator.faults import (
 from simulator.settings import PLATFORMS, ClientSpec, Platform, SimSettings
 
 EXIT_USAGE = 2
+# --platform: the module serving each flavour (None: this module, the guide's two streams)
+FLAVOURS: dict[str, str | None] = {"guide": None, "cxone": "simulator.cxone.command"}
 
 
 def load_script(path: str | Path) -> list[Fault]:
@@ -100,6 +109,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = describe()
     defaults = SimSettings()
     add = parser.add_argument
+    add("--platform", choices=tuple(FLAVOURS), default="guide",
+        help="which platform to serve (default %(default)s: the guide's Genesys and NICE streams)")
     add("--host", default=defaults.host, help="address to bind (default %(default)s)")
     add("--port", type=int, default=8780, help="port, 0 = any free one (default %(default)s)")
     add("--client", type=_client, action="append", default=[], metavar="ID:SECRET[:PLATFORMS]",
@@ -139,6 +150,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--preset-interval", type=_positive, default=defaults.preset_interval_s,
         help="mean seconds between preset faults (default %(default)s)")
     add("--duration", type=_positive, default=None, help="stop after this many seconds")
+    for module in FLAVOURS.values():
+        if module is not None:
+            importlib.import_module(module).add_arguments(parser)
 
 
 def _faults(args: argparse.Namespace) -> tuple[str | None, list[Fault]]:
@@ -222,6 +236,9 @@ async def _serve(settings: SimSettings, faults: list[Fault], duration: float | N
 def main(args: argparse.Namespace) -> int:
     from ccstream.logs import configure as configure_logs
 
+    flavour = FLAVOURS[args.platform]
+    if flavour is not None:
+        return int(importlib.import_module(flavour).main(args))
     try:
         preset, faults = _faults(args)
         settings = settings_from(args, preset)

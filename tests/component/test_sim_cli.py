@@ -99,3 +99,36 @@ def test_process_prints_a_toml_snippet_serves_and_stops_on_sigterm(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_cxone_flavour_serves_discovery_and_prints_its_streams() -> None:
+    """`ccstream simulate --platform cxone` serves its own flavour (discovery answers) and prints
+    a cxone [[streams]] block with the secrets in environment variables."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "simulate", "--platform", "cxone", "--port", "0",
+         "--duration", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("client_secret_env" in x for x in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines)
+        assert 'platform = "cxone"' in text and "access_key_secret_env" in text
+        base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None, text
+        url = f"{base.group(1)}/.well-known/openid-configuration"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert "token_endpoint" in json.load(answer)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

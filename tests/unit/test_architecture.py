@@ -36,6 +36,10 @@ PURE = sorted({
     ROOT / "pipeline" / "dedup" / "state.py",
     ROOT / "simulator" / "faults.py",
     ROOT / "simulator" / "board.py",
+    # the CXone flavour: everything but its aiohttp server, handlers and command
+    *(ROOT / "simulator" / "cxone" / f"{m}.py" for m in (
+        "values", "settings", "model", "completed", "tokens", "rules", "stats", "faults",
+        "board", "ledger")),
 })
 
 
