@@ -10,8 +10,10 @@ Durations of the platform (token lifetimes, ping windows, heartbeats, retention 
 by --time-scale; fault times and durations are real seconds.
 
 --platform picks the flavour: `guide` (default: the integration guide's Genesys and NICE streams
-above) or `cxone` (NICE CXone real-time data: discovery, access-key tokens, polling with a
-server watermark, completed contacts; docs/cxone.md). The --cxone-* options are that flavour's;
+above), `genesys-cloud` (the Genesys Cloud Notifications API: channels, subscriptions, sockets
+with no replay, the analytics queries; docs/genesys-cloud.md) or `cxone` (NICE CXone real-time
+data: discovery, access-key tokens, polling with a server watermark, completed contacts;
+docs/cxone.md). The --gc-* and --cxone-* options are those flavours';
 --host, --port, --client, --seed, --rate, --time-scale, --faults, --fault and --duration mean the
 same in every flavour.
 """
@@ -40,7 +42,11 @@ from simulator.settings import PLATFORMS, ClientSpec, Platform, SimSettings
 
 EXIT_USAGE = 2
 # --platform: the module serving each flavour (None: this module, the guide's two streams)
-FLAVOURS: dict[str, str | None] = {"guide": None, "cxone": "simulator.cxone.command"}
+FLAVOURS: dict[str, str | None] = {
+    "guide": None,
+    "genesys-cloud": "simulator.genesys_cloud.command",
+    "cxone": "simulator.cxone.command",
+}
 
 
 def load_script(path: str | Path) -> list[Fault]:

@@ -1,4 +1,4 @@
-"""A simulator of NICE CXone's real-time data APIs (``../shared/contracts/cxone.md``) that can
+"""A simulator of NICE CXone's real-time data APIs (``docs/cxone.md``) that can
 misbehave on purpose and counts every client rule a client breaks.
 
 One aiohttp server on one loopback port serves everything (``issuer`` and ``api_endpoint``

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -126,6 +127,42 @@ def test_the_cxone_flavour_serves_discovery_and_prints_its_streams() -> None:
         url = f"{base.group(1)}/.well-known/openid-configuration"
         with urllib.request.urlopen(url, timeout=5) as answer:
             assert "token_endpoint" in json.load(answer)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_genesys_cloud_flavour_serves_the_login_and_prints_its_streams() -> None:
+    """`ccstream simulate --platform genesys-cloud` serves its own flavour (its token endpoint
+    refuses a wrong client) and prints a genesys-cloud [[streams]] block."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "simulate", "--platform", "genesys-cloud", "--port",
+         "0", "--duration", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(x.startswith("topics") for x in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines)
+        assert 'platform = "genesys-cloud"' in text and "client_secret_env" in text
+        base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None, text
+        request = urllib.request.Request(f"{base.group(1)}/oauth/token", method="POST",
+                                         data=b"grant_type=client_credentials",
+                                         headers={"Authorization": "Basic bm9ib2R5Om5vcGU="})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

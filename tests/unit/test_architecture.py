@@ -40,6 +40,10 @@ PURE = sorted({
     *(ROOT / "simulator" / "cxone" / f"{m}.py" for m in (
         "values", "settings", "model", "completed", "tokens", "rules", "stats", "faults",
         "board", "ledger")),
+    # the Genesys Cloud flavour: everything but its aiohttp server, REST, streaming, firing, CLI
+    *(ROOT / "simulator" / "genesys_cloud" / f"{m}.py" for m in (
+        "settings", "model", "access", "channels", "coverage", "analytics", "generator",
+        "faults", "board", "frames", "stats")),
 })
 
 
