@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import textwrap
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any, Protocol
 
+from simulator import scripts
+from simulator.scripts import FaultScriptError
+
+__all__ = ["FaultScriptError"]  # re-exported: the seed flavour's scripts raise it
 from simulator.settings import PLATFORMS, Platform
 
 
@@ -88,17 +91,6 @@ CATALOGUE: dict[FaultKind, tuple[tuple[str, ...], str]] = {
 }
 
 
-class FaultScriptError(ValueError):
-    """A fault script or option that cannot be used; ``where`` says which entry."""
-
-    retriable = False
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where}: {problem}" if where else problem)
-        self.where = where
-        self.problem = problem
-
-
 @dataclass(frozen=True)
 class Fault:
     kind: FaultKind | str
@@ -140,12 +132,7 @@ class Fault:
         return (self.reason or "").encode()[:120]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.fault_kind.value}
-        for f in fields(self)[1:]:
-            value = getattr(self, f.name)
-            if value != f.default:
-                out[f.name] = value
-        return out
+        return scripts.to_dict(self)
 
 
 def _kind(name: str) -> FaultKind:
@@ -193,78 +180,24 @@ def _validate(f: Fault) -> None:
 _INT_FIELDS = {"connection", "after_events", "count", "code", "status", "keep"}
 _FLOAT_FIELDS = {"retry_after", "duration_s", "delay_s", "at_s"}
 
-
-def _coerce(name: str, value: Any) -> Any:
-    try:
-        if name in _INT_FIELDS:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if name in _FLOAT_FIELDS:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-    except (TypeError, ValueError):
-        kind = "an integer" if name in _INT_FIELDS else "a number of seconds"
-        raise FaultScriptError(name, f"must be {kind}, not {value!r}") from None
-    if not isinstance(value, str):
-        raise FaultScriptError(name, f"must be text, not {value!r}")
-    return value
+SCHEMA = scripts.Schema(Fault, FaultScriptError, frozenset(_INT_FIELDS), frozenset(_FLOAT_FIELDS))
 
 
 def parse_fault(data: Mapping[str, Any]) -> Fault:
     """A fault from a script entry (TOML table, JSON object or inline ``k=v,...``)."""
-    if not isinstance(data, Mapping):
-        raise FaultScriptError("", f"a fault is a table of settings, not {data!r}")
-    names = {f.name for f in fields(Fault)}
-    if "kind" not in data:
-        raise FaultScriptError("kind", "missing")
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise FaultScriptError(unknown[0], "unknown setting")
-    values = {k: _coerce(k, v) for k, v in data.items() if k != "kind"}
-    kind = data["kind"]
-    if not isinstance(kind, str):
-        raise FaultScriptError("kind", f"must be text, not {kind!r}")
-    return Fault(kind=kind, **values)
+    fault: Fault = scripts.parse_entry(SCHEMA, data)
+    return fault
 
 
 def parse_inline(text: str) -> Fault:
-    """``kind=close,code=1013,retry_after=3`` -> a fault."""
-    data: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FaultScriptError(item, "expected key=value")
-        data[key.strip()] = value.strip()
-    return parse_fault(data)
+    """``kind=...,key=value,...`` -> a fault."""
+    fault: Fault = scripts.parse_inline(SCHEMA, text)
+    return fault
 
 
 def parse_script(text: str, source: str = "script") -> list[Fault]:
-    """Faults from a TOML (``[[fault]]``) or JSON (list of objects) script."""
-    entries: Any
-    if text.lstrip().startswith(("[{", "[\n", "[ ", "[]")) or text.lstrip() == "[":
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise FaultScriptError(source, f"not valid JSON: {err}") from None
-    else:
-        try:
-            entries = tomllib.loads(text).get("fault")
-        except tomllib.TOMLDecodeError as err:
-            raise FaultScriptError(source, f"not valid TOML: {err}") from None
-        if entries is None:
-            raise FaultScriptError(source, "no [[fault]] tables")
-    if not isinstance(entries, list):
-        raise FaultScriptError(source, "expected a list of faults")
-    out = []
-    for index, entry in enumerate(entries):
-        try:
-            out.append(parse_fault(entry))
-        except FaultScriptError as err:
-            raise FaultScriptError(f"{source}: fault[{index}].{err.where}".rstrip("."),
-                                   err.problem) from None
-    return out
+    """Faults from a JSON list of objects or a TOML document of ``[[fault]]`` tables."""
+    return scripts.parse_script(SCHEMA, text, source)
 
 
 # -- presets: seeded schedules ----------------------------------------------------------------

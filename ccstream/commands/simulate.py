@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import secrets
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from simulator import cli as sim_cli
+from simulator.cli import count, non_negative, positive
 from simulator.faults import (
     PRESETS,
     Fault,
@@ -56,36 +56,6 @@ def load_script(path: str | Path) -> list[Fault]:
     except OSError as err:
         raise FaultScriptError(str(file), f"cannot read: {err.strerror}") from None
     return parse_script(text, str(file))
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
-    return value
 
 
 def _client(text: str) -> ClientSpec:
@@ -123,39 +93,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="an OAuth client (tenant); repeatable; default: one 'demo' client with a random "
         "secret on both platforms")
     add("--seed", type=int, default=defaults.seed, help="seed of events and faults")
-    add("--rate", type=_non_negative, default=defaults.rate,
+    add("--rate", type=non_negative, default=defaults.rate,
         help="events/s per stream (default %(default)s)")
     add("--types", default="", help="comma-separated event types (default: the platform's)")
-    add("--correlation-ids", type=_count, default=defaults.correlation_ids,
+    add("--correlation-ids", type=count, default=defaults.correlation_ids,
         help="live interactions per stream (default %(default)s)")
-    add("--retention-events", type=_count, default=defaults.retention_events,
+    add("--retention-events", type=count, default=defaults.retention_events,
         help="retained events per stream (default %(default)s)")
-    add("--retention-s", type=_positive, default=defaults.retention_s,
+    add("--retention-s", type=positive, default=defaults.retention_s,
         help="retention age, platform seconds (default %(default)s)")
-    add("--duplicate-rate", type=_non_negative, default=defaults.duplicate_rate,
+    add("--duplicate-rate", type=non_negative, default=defaults.duplicate_rate,
         help="share of live events sent twice (default %(default)s)")
-    add("--token-lifetime", type=_positive, default=None,
+    add("--token-lifetime", type=positive, default=None,
         help="access token lifetime, platform seconds (default: Genesys 7200, NICE 3600)")
     add("--clock-skew", type=float, default=0.0,
         help="seconds added to the simulator's clock (exp, iat, timestamps)")
-    add("--time-scale", type=_positive, default=1.0,
+    add("--time-scale", type=positive, default=1.0,
         help="divide every platform duration by this (3600: an hour lasts a second)")
-    add("--max-connections", type=_count, default=defaults.max_connections,
+    add("--max-connections", type=count, default=defaults.max_connections,
         help="open connections per client id (default %(default)s)")
     add("--limit-answer", choices=("429", "1013"), default=defaults.limit_answer,
         help="answer beyond the limit (default %(default)s)")
-    add("--ping-window", type=_positive, default=None,
+    add("--ping-window", type=positive, default=None,
         help="drop a client silent for this long, platform s (default: Genesys 15, NICE 30)")
-    add("--heartbeat", type=_positive, default=defaults.heartbeat_s,
+    add("--heartbeat", type=positive, default=defaults.heartbeat_s,
         help="heartbeat interval, platform seconds (default %(default)s)")
     add("--faults", metavar="PRESET|FILE", default=None,
         help=f"a preset ({', '.join(PRESETS)}) or a fault script (.toml with [[fault]] tables, "
         ".json with a list)")
     add("--fault", action="append", default=[], metavar="kind=K,key=value,...",
         help="one fault, inline; repeatable (see below)")
-    add("--preset-interval", type=_positive, default=defaults.preset_interval_s,
+    add("--preset-interval", type=positive, default=defaults.preset_interval_s,
         help="mean seconds between preset faults (default %(default)s)")
-    add("--duration", type=_positive, default=None, help="stop after this many seconds")
+    add("--duration", type=positive, default=None, help="stop after this many seconds")
     for module in FLAVOURS.values():
         if module is not None:
             importlib.import_module(module).add_arguments(parser)
@@ -216,29 +186,6 @@ def snippet(sim: Any) -> str:
     return "\n".join(lines)
 
 
-async def _serve(settings: SimSettings, faults: list[Fault], duration: float | None) -> int:
-    from simulator.server import Simulator
-
-    sim = Simulator(settings, faults)
-    try:
-        await sim.start()
-    except OSError as err:
-        print(f"ccstream simulate: cannot listen on {settings.host}:{settings.port}: "
-              f"{err.strerror}", file=sys.stderr)
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(snippet(sim), flush=True)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=duration)
-    finally:
-        await sim.stop()
-    return 0
-
-
 def main(args: argparse.Namespace) -> int:
     from ccstream.logs import configure as configure_logs
 
@@ -252,4 +199,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"ccstream simulate: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     configure_logs("INFO", "console")
-    return asyncio.run(_serve(settings, faults, args.duration))
+    return asyncio.run(_serve_flavour(settings, faults, args.duration))
+
+
+async def _serve_flavour(settings: Any, faults: Any, duration: float | None) -> int:
+    from simulator.server import Simulator
+
+    return await sim_cli.serve(Simulator(settings, faults), snippet, duration)

@@ -6,7 +6,7 @@ knows nothing else of any transport.
 
 from __future__ import annotations
 
-from ccstream.config import AnyStream, Config, StreamConfig
+from ccstream.config import AnyStream, Config, CxoneStream, StreamConfig
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.sources.base import Source, SourceDeps
 
@@ -26,4 +26,8 @@ def build(stream: AnyStream, config: Config, deps: SourceDeps,
         from connectors.sources.websocket import WebSocketSource
 
         return WebSocketSource(stream, config.connector, deps, stored)
+    if isinstance(stream, CxoneStream):
+        from connectors.sources.cxone import CxoneSource
+
+        return CxoneSource(stream, config.connector, deps, stored)
     raise NotImplementedError(f"platform {stream.platform!r} has no source yet")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import secrets
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from simulator import cli as sim_cli
+from simulator.cli import count, positive
 from simulator.cxone.faults import (
     PRESETS,
     CxFault,
@@ -32,26 +32,6 @@ EXIT_USAGE = 2
 _DEFAULTS = CxSettings()
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--cxone-*`` options (defaults: ``CxSettings``)."""
     d = _DEFAULTS
@@ -60,26 +40,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tenant id of the first access key (later ones get 2, 3, ...; default %(default)s)")
     add("--cxone-app-id", default="ccstream", help="the app's client_id (default %(default)s)")
     add("--cxone-app-secret", default=None, help="the app's client_secret (default: random)")
-    add("--cxone-agents", type=_count, default=8, help="agents per tenant (default %(default)s)")
-    add("--cxone-skills", type=_count, default=3, help="skills per tenant (default %(default)s)")
+    add("--cxone-agents", type=count, default=8, help="agents per tenant (default %(default)s)")
+    add("--cxone-skills", type=count, default=3, help="skills per tenant (default %(default)s)")
     add("--cxone-api-version", default=d.api_version,
         help="version printed in the URLs; any vN.N is served (default %(default)s)")
     add("--cxone-area", default=d.area, help="first area (default %(default)s)")
     add("--cxone-domain", default=d.domain, help="domain answered (default %(default)s)")
-    add("--cxone-token-lifetime", type=_positive, default=d.token_lifetime_s,
+    add("--cxone-token-lifetime", type=positive, default=d.token_lifetime_s,
         help="expires_in and exp - iat, platform seconds (default %(default)s)")
-    add("--cxone-retention", type=_positive, default=d.retention_s,
+    add("--cxone-retention", type=positive, default=d.retention_s,
         help="updatedSince retention, platform seconds (default %(default)s)")
     add("--cxone-completion-lag", type=float, default=d.completion_lag_s,
         help="longest delay before a completed contact is listed, platform seconds; keep it "
         "<= settle_s/2 (default %(default)s)")
     add("--cxone-clock-skew", type=float, default=d.clock_skew_s,
         help="seconds added to the server clock on the wire (default %(default)s)")
-    add("--cxone-stall", type=_positive, default=d.stall_s,
+    add("--cxone-stall", type=positive, default=d.stall_s,
         help="real seconds a stall fault holds an answer (default %(default)s)")
-    add("--cxone-max-top", type=_count, default=d.max_top,
+    add("--cxone-max-top", type=count, default=d.max_top,
         help="largest contacts/completed page (default %(default)s)")
-    add("--cxone-preset-interval", type=_positive, default=d.preset_interval_s,
+    add("--cxone-preset-interval", type=positive, default=d.preset_interval_s,
         help="mean real seconds between preset faults (default %(default)s)")
     parser.epilog = f"{parser.epilog}\n\n{describe()}" if parser.epilog else describe()
 
@@ -174,29 +154,6 @@ def snippet(sim: Any) -> str:
     return "\n".join(lines)
 
 
-async def _serve(settings: CxSettings, faults: list[CxFault], duration: float | None) -> int:
-    from simulator.cxone.server import CxoneSimulator
-
-    sim = CxoneSimulator(settings, faults)
-    try:
-        await sim.start()
-    except OSError as err:
-        print(f"ccstream simulate: cannot listen on {settings.host}:{settings.port}: "
-              f"{err.strerror}", file=sys.stderr)
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(snippet(sim), flush=True)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=duration)
-    finally:
-        await sim.stop()
-    return 0
-
-
 def main(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM or ``--duration``; 2 with one line for a bad option."""
     from ccstream.logs import configure as configure_logs
@@ -208,4 +165,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"ccstream simulate: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     configure_logs("INFO", "console")
-    return asyncio.run(_serve(settings, faults, getattr(args, "duration", None)))
+    return asyncio.run(_serve_flavour(settings, faults, getattr(args, "duration", None)))
+
+
+async def _serve_flavour(settings: Any, faults: Any, duration: float | None) -> int:
+    from simulator.cxone.server import CxoneSimulator
+
+    return await sim_cli.serve(CxoneSimulator(settings, faults), snippet, duration)

@@ -12,15 +12,15 @@ follows the contract survives without loss (no fatal 400/401 token answers in a 
 
 from __future__ import annotations
 
-import json
 import textwrap
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
+from simulator import scripts
 from simulator.cxone.values import API_ENDPOINTS, Rng
+from simulator.scripts import FaultScriptError
 
 
 class CxFaultKind(Enum):
@@ -82,15 +82,8 @@ CATALOGUE: dict[CxFaultKind, tuple[tuple[str, ...], str]] = {
 }
 
 
-class CxFaultError(ValueError):
-    """A fault script or option that cannot be used; ``where`` says which entry."""
-
-    retriable = False
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where}: {problem}" if where else problem)
-        self.where = where
-        self.problem = problem
+class CxFaultError(FaultScriptError):
+    """A fault script or option of this flavour that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -122,12 +115,7 @@ class CxFault:
         return self.kind
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.fault_kind.value}
-        for f in fields(self)[1:]:
-            value = getattr(self, f.name)
-            if value != f.default:
-                out[f.name] = value
-        return out
+        return scripts.to_dict(self)
 
 
 def _kind(name: str) -> CxFaultKind:
@@ -181,76 +169,24 @@ def _validate(f: CxFault) -> None:
 _INT_FIELDS = {"count", "status", "rows", "transitions"}
 _FLOAT_FIELDS = {"at_s", "retry_after", "duration_s", "skew_s", "expires_in", "exp_s"}
 
-
-def _coerce(name: str, value: Any) -> Any:
-    try:
-        if name in _INT_FIELDS:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if name in _FLOAT_FIELDS:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-    except (TypeError, ValueError):
-        kind = "an integer" if name in _INT_FIELDS else "a number of seconds"
-        raise CxFaultError(name, f"must be {kind}, not {value!r}") from None
-    if not isinstance(value, str):
-        raise CxFaultError(name, f"must be text, not {value!r}")
-    return value
+SCHEMA = scripts.Schema(CxFault, CxFaultError, frozenset(_INT_FIELDS), frozenset(_FLOAT_FIELDS))
 
 
 def parse_fault(data: Mapping[str, Any]) -> CxFault:
     """A fault from a script entry (TOML table, JSON object or inline ``k=v,...``)."""
-    if not isinstance(data, Mapping):
-        raise CxFaultError("", f"a fault is a table of settings, not {data!r}")
-    if "kind" not in data:
-        raise CxFaultError("kind", "missing")
-    unknown = sorted(set(data) - {f.name for f in fields(CxFault)})
-    if unknown:
-        raise CxFaultError(unknown[0], "unknown setting")
-    kind = data["kind"]
-    if not isinstance(kind, str):
-        raise CxFaultError("kind", f"must be text, not {kind!r}")
-    return CxFault(kind=kind, **{k: _coerce(k, v) for k, v in data.items() if k != "kind"})
+    fault: CxFault = scripts.parse_entry(SCHEMA, data)
+    return fault
 
 
 def parse_inline(text: str) -> CxFault:
-    """``kind=rest_error,status=429,retry_after=2`` -> a fault."""
-    data: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CxFaultError(item, "expected key=value")
-        data[key.strip()] = value.strip()
-    return parse_fault(data)
+    """``kind=...,key=value,...`` -> a fault."""
+    fault: CxFault = scripts.parse_inline(SCHEMA, text)
+    return fault
 
 
 def parse_script(text: str, source: str = "script") -> list[CxFault]:
     """Faults from a JSON list of objects or a TOML document of ``[[fault]]`` tables."""
-    entries: Any
-    if text.lstrip().startswith("[") and not text.lstrip().startswith("[["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CxFaultError(source, f"not valid JSON: {err}") from None
-    else:
-        try:
-            entries = tomllib.loads(text).get("fault")
-        except tomllib.TOMLDecodeError as err:
-            raise CxFaultError(source, f"not valid TOML: {err}") from None
-        if entries is None:
-            raise CxFaultError(source, "no [[fault]] tables")
-    if not isinstance(entries, list):
-        raise CxFaultError(source, "expected a list of faults")
-    out = []
-    for index, entry in enumerate(entries):
-        try:
-            out.append(parse_fault(entry))
-        except CxFaultError as err:
-            raise CxFaultError(f"{source}: fault[{index}].{err.where}".rstrip("."),
-                               err.problem) from None
-    return out
+    return scripts.parse_script(SCHEMA, text, source)
 
 
 # -- presets: seeded schedules ----------------------------------------------------------------

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import secrets
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from simulator import cli as sim_cli
+from simulator.cli import positive, whole
 from simulator.genesys_cloud.faults import (
     PRESETS,
     GcFault,
@@ -34,26 +34,6 @@ TOPICS = ("v2.routing.queues.{queue}.conversations", "v2.users.{user}?presence&r
           "v2.users.{user}.conversations")
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _whole(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This flavour's options (all ``--gc-``); defaults are ``GcSettings``'s."""
     d = GcSettings()
@@ -62,26 +42,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "genesys-cloud", "options of --platform genesys-cloud (faults and presets: see below)")
     parser.epilog = f"{parser.epilog}\n\n{describe()}" if parser.epilog else describe()
     add = group.add_argument
-    add("--gc-queues", type=_whole, default=c.queues, help="routing queues per org (default "
+    add("--gc-queues", type=whole, default=c.queues, help="routing queues per org (default "
         "%(default)s)")
-    add("--gc-users", type=_whole, default=c.users, help="users per org (default %(default)s)")
-    add("--gc-token-lifetime", type=_positive, default=d.token_lifetime_s,
+    add("--gc-users", type=whole, default=c.users, help="users per org (default %(default)s)")
+    add("--gc-token-lifetime", type=positive, default=d.token_lifetime_s,
         help="expires_in, platform s (default %(default)s)")
-    add("--gc-channel-ttl", type=_positive, default=d.channel_ttl_s,
+    add("--gc-channel-ttl", type=positive, default=d.channel_ttl_s,
         help="channel TTL without a subscription call, platform s (default %(default)s)")
-    add("--gc-heartbeat", type=_positive, default=d.heartbeat_s,
+    add("--gc-heartbeat", type=positive, default=d.heartbeat_s,
         help="socket heartbeat, platform s (default %(default)s)")
-    add("--gc-notice", type=_positive, default=d.notice_s,
+    add("--gc-notice", type=positive, default=d.notice_s,
         help="closing notice -> 1001, platform s (default %(default)s)")
     add("--gc-rate-limit", type=int, default=d.rate_limit,
         help="REST calls per token per window (default %(default)s)")
-    add("--gc-rate-window", type=_positive, default=d.rate_window_s,
+    add("--gc-rate-window", type=positive, default=d.rate_window_s,
         help="the rate window, platform s (default %(default)s)")
     add("--gc-replace-grace", type=float, default=d.replace_grace_s,
         help="real s before a replaced socket gets 4000 (default %(default)s; the judge: 10)")
     add("--gc-analytics-lag", type=float, default=d.analytics_lag_s,
         help="analytics data lag L, real s (default %(default)s; keep <= settle_s / 2)")
-    add("--gc-preset-interval", type=_positive, default=d.preset_interval_s,
+    add("--gc-preset-interval", type=positive, default=d.preset_interval_s,
         help="mean real s between preset faults (default %(default)s)")
 
 
@@ -155,31 +135,6 @@ def snippet(sim: Any) -> str:
     return "\n".join(lines)
 
 
-async def _serve(settings: GcSettings, faults: list[GcFault], duration: float | None) -> int:
-    from simulator.genesys_cloud.server import GenesysCloudSimulator
-
-    sim = GenesysCloudSimulator(settings, faults)
-    try:
-        await sim.start()
-    except OSError as err:
-        print(f"ccstream simulate: cannot listen on {settings.host}:{settings.port}: "
-              f"{err.strerror}", file=sys.stderr)
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(snippet(sim), flush=True)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=duration)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await sim.stop()
-    return 0
-
-
 def main(args: argparse.Namespace) -> int:
     from ccstream.logs import configure as configure_logs
 
@@ -190,4 +145,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"ccstream simulate: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     configure_logs("INFO", "console")
-    return asyncio.run(_serve(settings, faults, getattr(args, "duration", None)))
+    return asyncio.run(_serve_flavour(settings, faults, getattr(args, "duration", None)))
+
+
+async def _serve_flavour(settings: Any, faults: Any, duration: float | None) -> int:
+    from simulator.genesys_cloud.server import GenesysCloudSimulator
+
+    return await sim_cli.serve(GenesysCloudSimulator(settings, faults), snippet, duration)

@@ -21,14 +21,14 @@ client survives without loss (never 401 ``invalid_client``, ``deny_topics``, 400
 
 from __future__ import annotations
 
-import json
 import textwrap
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from simulator import scripts
 from simulator.genesys_cloud.model import Rng
+from simulator.scripts import FaultScriptError
 
 TOKEN_STATUSES = (401, 429, 500, 502, 503)
 REST_STATUSES = (400, 401, 403, 404, 429, 500, 502, 503, 504)
@@ -76,15 +76,8 @@ CHANNEL_KINDS = frozenset({"channel_gone", "replace"})
 ANSWER_KINDS = frozenset({"token_error", "rest_error", "analytics"})
 
 
-class GcFaultError(ValueError):
-    """A fault script or option that cannot be used; ``where`` says which entry."""
-
-    retriable = False
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where}: {problem}" if where else problem)
-        self.where = where
-        self.problem = problem
+class GcFaultError(FaultScriptError):
+    """A fault script or option of this flavour that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +118,7 @@ class GcFault:
         return self.client is None or self.client == client_id
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self)[1:]:
-            value = getattr(self, f.name)
-            if value != f.default:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return scripts.to_dict(self)
 
 
 def _check(ok: bool, key: str, problem: str) -> None:
@@ -181,83 +169,25 @@ _INT = {"count", "status", "socket", "after_notifications", "items", "drift"}
 _FLOAT = {"at_s", "retry_after", "expires_in", "delay_s", "duration_s", "lag_s"}
 _TUPLES = {"topics", "permissions"}
 
-
-def _coerce(name: str, value: Any) -> Any:
-    if name in _TUPLES:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise GcFaultError(name, f"must be a list of text, not {value!r}")
-    try:
-        if name in _INT:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if name in _FLOAT:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-    except (TypeError, ValueError):
-        what = "an integer" if name in _INT else "a number of seconds"
-        raise GcFaultError(name, f"must be {what}, not {value!r}") from None
-    if not isinstance(value, str):
-        raise GcFaultError(name, f"must be text, not {value!r}")
-    return value
+SCHEMA = scripts.Schema(GcFault, GcFaultError, frozenset(_INT), frozenset(_FLOAT),
+                        frozenset(_TUPLES))
 
 
 def parse_fault(data: Mapping[str, Any]) -> GcFault:
     """A fault from a script entry (TOML table, JSON object or inline ``k=v,...``)."""
-    if not isinstance(data, Mapping):
-        raise GcFaultError("", f"a fault is a table of settings, not {data!r}")
-    if "kind" not in data or not isinstance(data["kind"], str):
-        raise GcFaultError("kind", "missing (text)")
-    names = {f.name for f in fields(GcFault)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise GcFaultError(unknown[0], "unknown setting")
-    values = {k: _coerce(k, v) for k, v in data.items() if k != "kind"}
-    return GcFault(kind=data["kind"], **values)
+    fault: GcFault = scripts.parse_entry(SCHEMA, data)
+    return fault
 
 
 def parse_inline(text: str) -> GcFault:
-    """``kind=closing_notice,delay_s=2`` -> a fault."""
-    data: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise GcFaultError(item, "expected key=value")
-        data[key.strip()] = value.strip()
-    return parse_fault(data)
+    """``kind=...,key=value,...`` -> a fault."""
+    fault: GcFault = scripts.parse_inline(SCHEMA, text)
+    return fault
 
 
 def parse_script(text: str, source: str = "script") -> list[GcFault]:
     """Faults from a JSON list of objects or a TOML document of ``[[fault]]`` tables."""
-    entries: Any
-    if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError:
-            entries = None
-    else:
-        entries = None
-    if entries is None:
-        try:
-            entries = tomllib.loads(text).get("fault")
-        except tomllib.TOMLDecodeError as err:
-            raise GcFaultError(source, f"neither a JSON list nor TOML: {err}") from None
-        if entries is None:
-            raise GcFaultError(source, "no [[fault]] tables")
-    if not isinstance(entries, list):
-        raise GcFaultError(source, "expected a list of faults")
-    out = []
-    for index, entry in enumerate(entries):
-        try:
-            out.append(parse_fault(entry))
-        except GcFaultError as err:
-            raise GcFaultError(f"{source}: fault[{index}].{err.where}".rstrip("."),
-                               err.problem) from None
-    return out
+    return scripts.parse_script(SCHEMA, text, source)
 
 
 # -- presets: seeded schedules -----------------------------------------------------------------
