@@ -6,7 +6,9 @@ knows nothing else of any transport.
 
 from __future__ import annotations
 
-from ccstream.config import AnyStream, Config, CxoneStream, StreamConfig
+from typing import assert_never
+
+from ccstream.config import AnyStream, Config, CxoneStream, GenesysCloudStream, StreamConfig
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.sources.base import Source, SourceDeps
 
@@ -26,8 +28,12 @@ def build(stream: AnyStream, config: Config, deps: SourceDeps,
         from connectors.sources.websocket import WebSocketSource
 
         return WebSocketSource(stream, config.connector, deps, stored)
+    if isinstance(stream, GenesysCloudStream):
+        from connectors.sources.genesys_cloud import GenesysCloudSource
+
+        return GenesysCloudSource(stream, config.connector, deps, stored)
     if isinstance(stream, CxoneStream):
         from connectors.sources.cxone import CxoneSource
 
         return CxoneSource(stream, config.connector, deps, stored)
-    raise NotImplementedError(f"platform {stream.platform!r} has no source yet")
+    assert_never(stream)
