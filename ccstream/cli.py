@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "run the platform simulator with fault injection",
     "demo": "the main job on embedded defaults, with a report",
     "cursors": "show each stream's committed cursor",
+    "owners": "cluster mode: slot -> instance -> streams",
     "replay": "reprocess raw events from TIME into clean",
     "kafka": "start, stop or inspect the local Apache Kafka broker",
 }

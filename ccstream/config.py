@@ -62,6 +62,8 @@ class TopicNames(_Section):
     clean: str = "ccstream.events.clean"
     cursors: str = "ccstream.cursors"
     dlq: str = "ccstream.events.dlq"
+    # cluster mode only: no records; its partitions are the slots the instances share
+    slots: str = "ccstream.connect.slots"
 
 
 JitterKind = Literal["default", "full", "decorrelated", "none"]
@@ -95,6 +97,49 @@ class ConnectorSettings(_Section):
     since_lateness_s: float = Field(30.0, ge=0)
     # exit non-zero (after a clean shutdown) once every stream is stopped or has its breaker open
     exit_when_all_open: bool = True
+
+
+class ClusterSettings(_Section):
+    """Cluster mode (docs/cluster.md): each stream owned by one live ``ccstream connect``.
+
+    The same file on every machine. Opt-in: with ``enabled = false`` (the default) one process
+    runs every stream, exactly as without this section.
+    """
+
+    enabled: bool = False
+    # the consumer group of the instances, and the prefix of each slot's transactional id
+    # (``<group_id>.slot-<n>``)
+    group_id: str = Field("ccstream-connect", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    # partitions of the slot topic when ccstream creates it; later the topic is the truth
+    slots: int = Field(32, ge=1, le=1024)
+    # static membership (KIP-345): a restart within the session timeout keeps the slots
+    instance_id: str | None = Field(None, min_length=1)
+    session_timeout_s: float = Field(6.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    rebalance_timeout_s: float = Field(10.0, gt=0)
+    # how long one confirmation of membership lets the instance act; None = session - 2 x heartbeat
+    lease_s: float | None = Field(None, gt=0)
+    transaction_timeout_s: float = Field(10.0, gt=0)
+    takeover_read_timeout_s: float = Field(30.0, gt=0)
+    revoke_commit_timeout_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timings(self) -> ClusterSettings:
+        if self.heartbeat_interval_s * 2 > self.session_timeout_s:
+            raise ValueError("heartbeat_interval_s: at most half of session_timeout_s")
+        if self.lease() >= self.session_timeout_s - self.heartbeat_interval_s:
+            # the lease must run out before the group can evict us and hand a slot on
+            raise ValueError("lease_s: must be shorter than session_timeout_s - "
+                             "heartbeat_interval_s")
+        if self.lease() < self.heartbeat_interval_s:
+            raise ValueError("lease_s: at least heartbeat_interval_s (it is renewed that often)")
+        return self
+
+    def lease(self) -> float:
+        """The membership lease in seconds (configured, or session - 2 x heartbeat)."""
+        if self.lease_s is not None:
+            return self.lease_s
+        return self.session_timeout_s - 2 * self.heartbeat_interval_s
 
 
 StreamName = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
@@ -290,6 +335,10 @@ class DedupSettings(_Section):
     batch_max_events: int = Field(500, ge=1, le=10_000)
     batch_within_s: float = Field(0.01, gt=0, le=1.0)
     session_timeout_s: float = Field(10.0, gt=0)
+    # static group membership (KIP-345): a worker restarted with the same id takes its own
+    # place at once instead of waiting out the dead member's session; unique per worker, stable
+    # across its restarts (a pod name). None: dynamic membership
+    instance_id: str | None = Field(None, min_length=1)
     data_dir: str | None = None
     # bits spent relative to the Bloom optimum -ln p/(ln 2)^2; above 1.0 the filter uses the
     # fewest probes that still meet p (less CPU per event), see pipeline/bloom.py
@@ -315,6 +364,7 @@ class Config(_Section):
     topics: TopicNames = TopicNames()
     connector: ConnectorSettings = ConnectorSettings()
     dedup: DedupSettings = DedupSettings()
+    cluster: ClusterSettings = ClusterSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     streams: tuple[AnyStream, ...] = ()

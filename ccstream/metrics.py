@@ -111,6 +111,56 @@ POLL_ROWS = Counter(
     registry=REGISTRY,
 )
 
+# -- cluster mode (docs/cluster.md) -------------------------------------------------------------
+STREAM_OWNED = Gauge(
+    "ccstream_stream_owned", "1 while this instance runs the stream (alert: sum by stream != 1)",
+    ["stream"], registry=REGISTRY,
+)
+CLUSTER_SLOTS_OWNED = Gauge(
+    "ccstream_cluster_slots_owned", "Slots this instance runs", registry=REGISTRY,
+)
+CLUSTER_STREAMS_OWNED = Gauge(
+    "ccstream_cluster_streams_owned", "Streams this instance runs", registry=REGISTRY,
+)
+CLUSTER_MEMBER = Gauge(
+    "ccstream_cluster_member", "1 while the membership lease is valid", registry=REGISTRY,
+)
+CLUSTER_REBALANCES = Counter(
+    "ccstream_cluster_rebalances", "Group rebalances this instance took part in",
+    registry=REGISTRY,
+)
+CLUSTER_REBALANCE_SECONDS = Histogram(
+    "ccstream_cluster_rebalance_seconds", "From the revocation to the new assignment",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=REGISTRY,
+)
+SLOT_TAKEOVER_SECONDS = Histogram(
+    "ccstream_slot_takeover_seconds",
+    "Taking a slot over, by phase: fence (producer start), cursor (read to the high watermark), "
+    "connect (sources started until streaming)",
+    ["phase"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=REGISTRY,
+)
+SLOT_FENCED = Counter(
+    "ccstream_slot_fenced", "Slots stopped because another instance fenced our producer",
+    registry=REGISTRY,
+)
+CLUSTER_LEASE_EXPIRED = Counter(
+    "ccstream_cluster_lease_expired", "Membership lease expiries (every slot stopped)",
+    registry=REGISTRY,
+)
+CURSOR_TXN_SECONDS = Histogram(
+    "ccstream_cursor_txn_seconds", "One slot's cursor transaction, begin to commit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=REGISTRY,
+)
+CURSOR_COMMIT_FAILURES = Counter(
+    "ccstream_cursor_commit_failures", "Cursor transactions that failed, by reason",
+    ["reason"], registry=REGISTRY,
+)
+CLUSTER_CONFIG_MISMATCH = Gauge(
+    "ccstream_cluster_config_mismatch",
+    "Members whose configuration fingerprint differs from the majority's (leader's view)",
+    registry=REGISTRY,
+)
+
 # -- dedup -------------------------------------------------------------------------------------
 DEDUP_IN = Counter(
     "ccstream_dedup_events_in", "Raw events read by the dedup worker", ["partition"],

@@ -2,6 +2,13 @@
 
 Contract: missing topics are created at start-up (partitions and replication factor from the
 configuration, the cursor topic compacted); topics that already exist are used as they are.
+
+The cursor topic is compacted *and* rolled hourly (``segment.ms``), with a bound on how long a
+superseded value may wait for compaction (``max.compaction.lag.ms``): Kafka never compacts the
+active segment, whose default roll is a week or a gigabyte, so without these a cursor topic
+written once a second per stream would only ever grow and start-up would read all of it. In
+cluster mode the slot topic (``topics.slots``, ``cluster.slots`` partitions, no records) is
+created too; its partition count, once created, is the truth for the slot count.
 """
 
 from __future__ import annotations
@@ -36,8 +43,18 @@ def max_record_bytes(max_frame_bytes: int) -> int:
     return max_frame_bytes + RECORD_HEADROOM_BYTES
 
 
+# the cursor topic's compaction: roll the active segment hourly, and compact a superseded cursor
+# within the hour (a start-up reads at most about two hours of cursor records)
+CURSOR_TOPIC_COMPACTION = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3_600_000),
+    "max.compaction.lag.ms": str(3_600_000),
+}
+
+
 def contract_topics(config: Config) -> list[TopicSpec]:
-    """The four topics of the contract, sized from ``[kafka]``."""
+    """The four topics of the contract, sized from ``[kafka]`` (plus the slot topic in cluster
+    mode)."""
     k, t = config.kafka, config.topics
     min_isr = {"min.insync.replicas": "2"} if k.replication_factor >= 3 else {}
     sized = {**min_isr,
@@ -47,7 +64,11 @@ def contract_topics(config: Config) -> list[TopicSpec]:
         TopicSpec(t.clean, k.partitions, k.replication_factor, dict(sized)),
         TopicSpec(t.dlq, 1, k.replication_factor, dict(min_isr)),
         # one partition: the cursor topic is small, and one partition keeps start-up reads simple
-        TopicSpec(t.cursors, 1, k.replication_factor, {"cleanup.policy": "compact", **min_isr}),
+        TopicSpec(t.cursors, 1, k.replication_factor, {**CURSOR_TOPIC_COMPACTION, **min_isr}),
+        # the slot topic: no records, ever; its partitions are what the group assigns
+        *([TopicSpec(t.slots, config.cluster.slots, k.replication_factor,
+                     {"retention.ms": str(3_600_000), **min_isr})]
+          if config.cluster.enabled else []),
     ]
 
 

@@ -17,6 +17,12 @@ is flushed.
 Shutdown (SIGTERM/SIGINT, docs/kafka.md): stop reading, close every socket with 1000
 "Graceful shutdown" and wait for the close (bounded by ``close_timeout_s``), flush the producer,
 commit cursors, exit 0, all within ``grace_period_s``. A second signal exits at once.
+
+Cluster mode (``[cluster] enabled = true``, docs/cluster.md) shares everything up to the sources
+(topics, the one event producer, the metrics endpoint, ``SourceBuilder``: the per-credential token
+managers and the per-host reconnect bucket) and hands over to ``connectors.cluster``: there the
+streams run per owned slot, and their cursors go through each slot's transactional producer
+instead of the commit loop below. Without the section nothing of that is loaded.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from connectors.kafka.delivery import safe_error
 from connectors.kafka.sink import KafkaSink
 from connectors.policy.ratelimit import TokenBucket
 from connectors.salt import instance_salt, salted_random
-from connectors.sources.base import CursorBody, Shared, Source, SourceDeps, SourceStatus
+from connectors.sources.base import CursorBody, Shared, Sink, Source, SourceDeps, SourceStatus
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -50,6 +56,48 @@ EXIT_FAILED = 1
 class Outcome:
     code: int
     message: str = ""  # the one line for stderr when ``code`` is not 0
+
+
+class SourceBuilder:
+    """What the sources of one process share, and the one way to build a stream's source.
+
+    One token manager per credential and one Retry-After clock per client (``Shared``), one
+    per-host ``TokenBucket`` for every stream's reconnects, one salt. In cluster mode a stream's
+    source is built again each time its slot is taken over, with the same shared objects.
+    """
+
+    def __init__(self, config: Config, sink: Sink, http: aiohttp.ClientSession, *,
+                 wall: Callable[[], float], on_change: Callable[[Source], None]) -> None:
+        self.config = config
+        self.sink = sink
+        self.http = http
+        self.wall = wall
+        self.on_change = on_change
+        self.loop = asyncio.get_running_loop()
+        self.salt = instance_salt()
+        self.limiter = TokenBucket(config.connector.reconnects_per_second,
+                                   config.connector.reconnect_burst, self.loop.time())
+        self.shared = Shared()
+        self._warned: set[str] = set()
+
+    def build(self, stream: AnyStream, stored: cursor_store.StoredCursor | None, *,
+              sink: Sink | None = None, limiter: TokenBucket | None = None,
+              on_change: Callable[[Source], None] | None = None
+              ) -> tuple[Source, cursor_store.StoredCursor | None]:
+        """``stream``'s source from its stored cursor (ignored if of another platform)."""
+        log = get_logger("ccstream.connector", stream=stream.name, platform=stream.platform)
+        if stream.name not in self._warned:
+            self._warned.add(stream.name)
+            for key in stream.inline_secrets():
+                log.warning("config.inline_secret", key=key,
+                            advice=f"use {key}_env: secrets in files leak into backups")
+        cursor = _matching(stored, stream)
+        deps = SourceDeps(sink or self.sink, limiter or self.limiter, self.loop.time, self.wall,
+                          salted_random(self.salt, stream.name).random, http=self.http,
+                          shared=self.shared, on_change=on_change or self.on_change)
+        source = sources.build(stream, self.config, deps, cursor)
+        log.info("stream.configured", resume=cursor.describe() if cursor else None)
+        return source, cursor
 
 
 class Runner:
@@ -92,39 +140,36 @@ class Runner:
         await self.sink.start()
         metrics_runner = None
         try:
-            stored = await cursor_store.load(self.config.kafka.bootstrap_servers,
-                                             self.config.topics.cursors)
+            stored = ({} if self.config.cluster.enabled else await cursor_store.load(
+                self.config.kafka.bootstrap_servers, self.config.topics.cursors))
             if self.config.metrics.port is not None:
                 metrics_runner = await metrics.serve(self.config.metrics.host,
                                                      self.config.metrics.port)
             async with aiohttp.ClientSession() as http:
-                self._build(stored, http)
+                builder = SourceBuilder(self.config, self.sink, http, wall=self.wall,
+                                        on_change=self._on_change)
+                if self.config.cluster.enabled:
+                    from connectors.cluster.supervisor import ClusterSupervisor
+
+                    return await ClusterSupervisor(self, builder).run()
+                self._build(stored, builder)
                 return await self._supervise()
         finally:
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
             await self.sink.stop()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set by a signal or ``request_stop()`` (cluster mode waits on it too)."""
+        return self._stop
+
     def _build(self, stored: dict[str, cursor_store.StoredCursor],
-               http: aiohttp.ClientSession) -> None:
-        loop = asyncio.get_running_loop()
-        salt = instance_salt()
-        limiter = TokenBucket(self.settings.reconnects_per_second, self.settings.reconnect_burst,
-                              loop.time())
-        shared = Shared()
+               builder: SourceBuilder) -> None:
         for stream in self.config.streams:
-            log = get_logger("ccstream.connector", stream=stream.name, platform=stream.platform)
-            for key in stream.inline_secrets():
-                log.warning("config.inline_secret", key=key,
-                            advice=f"use {key}_env: secrets in files leak into backups")
-            cursor = _matching(stored.get(stream.name), stream)
+            source, cursor = builder.build(stream, stored.get(stream.name))
             self._committed[stream.name] = cursor.body if cursor else None
-            deps = SourceDeps(self.sink, limiter, loop.time, self.wall,
-                              salted_random(salt, stream.name).random, http=http, shared=shared,
-                              on_change=self._on_change)
-            self.sources.append(sources.build(stream, self.config, deps, cursor))
-            self.log.info("stream.configured", stream=stream.name, platform=stream.platform,
-                          resume=cursor.describe() if cursor else None)
+            self.sources.append(source)
 
     async def _supervise(self) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -147,6 +192,9 @@ class Runner:
         if not clean:
             return Outcome(EXIT_FAILED, "shutdown incomplete: see the connector.shutdown log")
         return Outcome(EXIT_OK)
+
+    def failure_outcome(self) -> Outcome | None:
+        return self._failure_outcome()
 
     def _failure_outcome(self) -> Outcome | None:
         """Why the exit status is not 0: a stream stopped on a non-retriable error (even while

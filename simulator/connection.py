@@ -134,6 +134,7 @@ class Connection:
         self._dups: deque[tuple[int, Event]] = deque()
         self._pending: deque[Fault] = deque()
         self._wake = asyncio.Event()
+        self._replaced = False  # single-session mode: a newer connection of this stream opened
 
     @property
     def client_id(self) -> str:
@@ -153,6 +154,14 @@ class Connection:
     def wake(self) -> None:
         self._wake.set()
 
+    def replace(self) -> None:
+        """A newer connection of this stream opened (single-session mode): close this one, from
+        its own writer loop, with the settings' ``replaced_code``."""
+        if not self._replaced and not self.closed:
+            self._replaced = True
+            self.stats.replaced += 1
+            self.wake()
+
     # -- driver ---------------------------------------------------------------------------------
     async def run(self) -> None:
         reader = asyncio.create_task(self._read())
@@ -170,6 +179,9 @@ class Connection:
 
     async def _write_loop(self) -> None:
         while self.state is not ConnState.CLOSED:
+            if self._replaced and not self.closed:
+                await self.close(self.host.settings.replaced_code, b"replaced")
+                continue
             while self._pending and not self.closed:
                 await self.fire(self._pending.popleft())
             now = self._loop.time()

@@ -3,13 +3,15 @@
 ``Ledger``: per stream (platform, client id), every distinct event sent at least once, as dedup
 key -> payload hash, in emission order. ``ClientStats``: per client, counters of its behaviour
 towards the platform (the guide's traps are visible here: handshakes with expired tokens are the
-infinite-401 loop, attempts before Retry-After are the thundering herd).
+infinite-401 loop, attempts before Retry-After are the thundering herd). ``OwnersTimeline``: per
+stream, every connection opened and closed, in order, with when: how many clients held a stream
+at any moment (cluster mode's "exactly one owner", its gaps and overlaps).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from simulator.events import Event
@@ -90,6 +92,7 @@ class ClientStats:
     faults: Counter[str] = field(default_factory=Counter)        # faults fired, by kind
     open_connections: int = 0
     max_open_connections: int = 0
+    replaced: int = 0                 # single-session mode: closed because a newer one opened
 
     @property
     def early_attempts(self) -> int:
@@ -103,3 +106,63 @@ class ClientStats:
                 value, Counter) else value
         out["early_attempts"] = self.early_attempts
         return out
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """A connection of a stream opened (``delta`` +1) or closed (-1)."""
+
+    t: float          # the simulator's event-loop clock (monotonic seconds)
+    wall: float       # the server's clock (epoch seconds)
+    stream: str       # "platform/client_id"
+    connection: int   # the client's Nth connection, from 1
+    delta: int
+    peer: str = ""    # "host:port" of the client's socket
+
+
+class OwnersTimeline:
+    """Every connection of every stream, opened and closed, in order (``GET /_sim/owners``)."""
+
+    def __init__(self) -> None:
+        self.events: list[ConnectionEvent] = []
+        self._open: Counter[str] = Counter()
+
+    def opened(self, t: float, wall: float, stream: str, connection: int, peer: str = "") -> None:
+        self._open[stream] += 1
+        self.events.append(ConnectionEvent(t, wall, stream, connection, +1, peer))
+
+    def closed(self, t: float, wall: float, stream: str, connection: int, peer: str = "") -> None:
+        self._open[stream] -= 1
+        self.events.append(ConnectionEvent(t, wall, stream, connection, -1, peer))
+
+    def open_now(self, stream: str) -> int:
+        return self._open[stream]
+
+    def open_counts(self) -> dict[str, int]:
+        return dict(self._open)
+
+    def opened_since(self, stream: str, t: float) -> int:
+        """Connections of ``stream`` opened at or after ``t``."""
+        return sum(1 for e in self.events if e.stream == stream and e.delta > 0 and e.t >= t)
+
+    def spans(self, stream: str, start: float, end: float) -> tuple[float, float]:
+        """Within [start, end]: the longest time ``stream`` had no connection, and the longest
+        time it had more than one."""
+        count = sum(e.delta for e in self.events if e.stream == stream and e.t < start)
+        longest = {0: 0.0, 2: 0.0}
+        since = start
+        for event in (e for e in self.events if e.stream == stream and start <= e.t <= end):
+            kind = 0 if count <= 0 else 2 if count > 1 else 1
+            if kind in longest:
+                longest[kind] = max(longest[kind], event.t - since)
+            count += event.delta
+            since = event.t
+        kind = 0 if count <= 0 else 2 if count > 1 else 1
+        if kind in longest:
+            longest[kind] = max(longest[kind], end - since)
+        return longest[0], longest[2]
+
+    def to_json(self, stream: str | None = None) -> dict[str, Any]:
+        events = [asdict(e) for e in self.events if stream is None or e.stream == stream]
+        return {"open": {s: n for s, n in self.open_counts().items()
+                         if stream is None or s == stream}, "events": events}

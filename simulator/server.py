@@ -3,6 +3,12 @@
 See the package docstring for the API and the model. Handlers stay thin: the order of the
 handshake checks is ``_admit`` (fault, maintenance, token, permission, limit), the token grants
 are ``tokens.TokenBook``, the per-connection behaviour is ``connection.Connection``.
+
+Two additions for cluster mode (docs/cluster.md): ``sim.owners`` (``GET /_sim/owners``,
+``?stream=genesys/acme`` for one stream) is the timeline of every connection of every stream,
+opened and closed, with the event-loop time, so a test sees how many clients held a stream at
+any moment; and ``SimSettings.single_session`` (platforms) makes a new connection of a stream
+close the older one with ``replaced_code`` (reason ``replaced``), as Genesys does.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from simulator.faults import (
     parse_fault,
     preset_schedule,
 )
-from simulator.ledger import ClientStats, Ledger
+from simulator.ledger import ClientStats, Ledger, OwnersTimeline
 from simulator.oauth import token_endpoint
 from simulator.settings import PLATFORM_RULES, ClientSpec, Platform, SimSettings
 from simulator.stream import Stream
@@ -45,6 +51,7 @@ class Simulator:
     def __init__(self, settings: SimSettings | None = None, faults: Sequence[Fault] = ()) -> None:
         self.settings = settings or SimSettings()
         self.ledger = Ledger()
+        self.owners = OwnersTimeline()
         self.stats: dict[str, ClientStats] = {}
         self.streams: dict[tuple[Platform, str], Stream] = {}
         self.connections: set[Connection] = set()
@@ -73,6 +80,7 @@ class Simulator:
             app.router.add_get(rules.path, self._stream_handler(platform))
         app.router.add_get("/_sim/stats", self._http_stats)
         app.router.add_get("/_sim/ledger", self._http_ledger)
+        app.router.add_get("/_sim/owners", self._http_owners)
         app.router.add_post("/_sim/faults", self._http_faults)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -303,15 +311,22 @@ class Simulator:
         stats = admission.stats
         stats.open_connections += 1
         stats.max_open_connections = max(stats.max_open_connections, stats.open_connections)
+        platform = conn.stream.platform
+        if platform in self.settings.single_session:
+            for older in self.connections:
+                if older.client_id == conn.client_id and older.stream.platform == platform:
+                    older.replace()
         self.connections.add(conn)
-        log = self._log.bind(client=conn.client_id, platform=conn.stream.platform,
-                             connection=conn.number)
+        name, peer = self.ledger.name(platform, conn.client_id), _peer(request)
+        self.owners.opened(self._mono(), self.now(), name, conn.number, peer)
+        log = self._log.bind(client=conn.client_id, platform=platform, connection=conn.number)
         log.info("ws.connected", start_seq=admission.start_seq)
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
             stats.open_connections -= 1
+            self.owners.closed(self._mono(), self.now(), name, conn.number, peer)
             log.info("ws.closed", events=conn.events_sent, state=conn.state.value)
         return ws
 
@@ -414,6 +429,9 @@ class Simulator:
         with_events = request.query.get("events", "1") not in ("0", "false")
         return web.json_response(self.ledger.to_json(stream, with_events))
 
+    async def _http_owners(self, request: web.Request) -> web.Response:
+        return web.json_response(self.owners.to_json(request.query.get("stream")))
+
     async def _http_faults(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -425,3 +443,7 @@ class Simulator:
             self.inject(fault)
         return web.json_response({"injected": len(faults)})
 
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""

@@ -84,6 +84,10 @@ class SimSettings:
     silent_hold_s: float = 60.0
     closing_notice_s: float = 5.0
     oversized_bytes: int = 1_048_576 + 1024
+    # -- one connection per stream, like Genesys: on these platforms a new connection of a
+    # stream closes the older one with ``replaced_code`` (reason ``replaced``)
+    single_session: tuple[Platform, ...] = ()
+    replaced_code: int = 4000
     # -- faults: a preset name drawn on a seeded schedule, plus scripted faults
     preset: str | None = None
     preset_interval_s: float = 5.0
