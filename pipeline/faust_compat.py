@@ -7,6 +7,9 @@ The dedup worker needs a few things faust does not publish:
   registered under (``"{app id}-{group}-{partition}"``, ``TransactionManager.send``), so that a
   batch of clean records and filter ops is appended to one transaction atomically;
 * ``Consumer._add_gap``, so that faust's offset commits pass records the agent read back itself;
+* the recovery's progress per changelog partition (``Recovery.active_offsets`` and
+  ``active_highwaters``), so that a changelog ending in transaction markers is recovered at
+  once instead of after faust's two idle 5 s polls;
 * a table's changelog settings and store factory (``Collection._changelog_compacting``,
   ``_changelog_deleting``, ``_new_store``), so that the filter's changelog is op-coded and
   deleted by age, and its store is our ``DedupStore``;
@@ -48,6 +51,9 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ("mode.worker", "Worker", "_schedule_shutdown"),
     ("faust.worker", "Worker", "spinner"),
 )
+# the recovery's progress per changelog partition (Recovery.__init__ makes them)
+RECOVERY_PROGRESS_SOURCE = ("faust.tables.recovery", "Recovery", "__init__",
+                            ("self.active_offsets", "self.active_highwaters"))
 # how faust names a partition's transactional producer (TransactionManager.send)
 TRANSACTIONAL_ID_SOURCE = ('faust.transport.consumer', 'TransactionManager', 'send',
                            'f"{self.app.conf.id}-{group}-{p}"')
@@ -82,17 +88,24 @@ def check() -> None:
         if owner is None or not _has(owner, attribute):
             missing.append(f"{module_name}.{class_name}.{attribute}")
     module_name, class_name, method, literal = TRANSACTIONAL_ID_SOURCE
+    if literal not in _source(module_name, class_name, method):
+        missing.append(f"the transactional id format {literal} in "
+                       f"{module_name}.{class_name}.{method}")
+    module_name, class_name, method, attributes = RECOVERY_PROGRESS_SOURCE
+    source = _source(module_name, class_name, method)
+    missing += [f"{module_name}.{class_name}.{a[len('self.'):]}" for a in attributes
+                if a not in source]
+    if missing:
+        raise FaustCompatError(missing)
+
+
+def _source(module_name: str, class_name: str, method: str) -> str:
     owner = _class(module_name, class_name)
     function = getattr(owner, method, None) if owner is not None else None
     try:
-        source = inspect.getsource(function) if function is not None else ""
+        return inspect.getsource(function) if function is not None else ""
     except (OSError, TypeError):
-        source = ""
-    if literal not in source:
-        missing.append(f"the transactional id format {literal} in "
-                       f"{module_name}.{class_name}.{method}")
-    if missing:
-        raise FaustCompatError(missing)
+        return ""
 
 
 def _class(module_name: str, class_name: str) -> type | None:
@@ -130,6 +143,22 @@ async def add_gap(app: Any, tp: Any, first: int, last: int) -> None:
     """Tell faust's consumer that offsets ``first..last`` of ``tp`` were handled without it."""
     consumer: Any = app.consumer
     await consumer._add_gap(tp, first, last)
+
+
+def recovery_remaining(app: Any, tp: Any, offset: int) -> int | None:
+    """How many offsets of the active changelog partition ``tp`` faust's recovery still waits
+    for after ``offset`` (None: ``tp`` is not being recovered as active)."""
+    highwater = app.tables.recovery.active_highwaters.get(tp)
+    if highwater is None or highwater < 0:
+        return None
+    return int(highwater) - offset
+
+
+def recovery_reached_end(app: Any, tp: Any) -> None:
+    """Tell faust's recovery that ``tp`` is read to its high watermark (what it concludes by
+    itself only after two idle 5 s polls when the log ends in transaction markers)."""
+    recovery = app.tables.recovery
+    recovery.active_offsets[tp] = recovery.active_highwaters[tp]
 
 
 class OpTable(faust.Table[bytes, bytes]):

@@ -14,7 +14,7 @@ Genesys (``SinceProgress``): ``since=T`` replays ``timestamp >= T``, but across 
 timestamps arrive out of order, so "the latest timestamp acknowledged" is NOT safe: an event with
 an older timestamp may still be in flight, or not even received yet. The rule:
 
-    since = max(floor, min(max_ts(prefix) - lateness, min_ts(not yet acknowledged)))
+    since = max(floor, min(max_ts(received) - lateness, min_ts(not yet acknowledged)))
 
 * ``min_ts(not yet acknowledged)``: every received event that Kafka has not confirmed is
   replayed, whatever its timestamp (they are ``>= since``).
@@ -166,11 +166,15 @@ class SinceProgress(Progress):
         self._floor = floor
         self._lateness_s = lateness_s
         self._prefix_max: float | None = None
+        self._seen_max: float | None = None  # newest timestamp received (since the last pin)
 
     def _observe(self, position: Position) -> None:
-        if (isinstance(position, float) and self._floor is not None
-                and position < self._floor):
+        if not isinstance(position, float):
+            return
+        if self._floor is not None and position < self._floor:
             self.late += 1
+        if self._seen_max is None or position > self._seen_max:
+            self._seen_max = position
 
     def _fold(self, position: Position) -> None:
         if isinstance(position, float) and (
@@ -179,9 +183,13 @@ class SinceProgress(Progress):
             self._prefix_max = position
 
     def resume_epoch(self) -> float | None:
+        # the lateness bound counts from the newest timestamp *received*, acknowledged or not:
+        # counted from the acknowledged prefix only, the point was the first pending event's
+        # timestamp until that was acknowledged, then fell ``lateness`` below it (a committed
+        # cursor moving back, and a first commit above what the assumption allows)
         candidates: list[float] = [p for p in self._pending_positions() if isinstance(p, float)]
-        if self._prefix_max is not None:
-            candidates.append(self._prefix_max - self._lateness_s)
+        if self._seen_max is not None:
+            candidates.append(self._seen_max - self._lateness_s)
         if not candidates:
             return self._floor
         point = min(candidates)
@@ -207,3 +215,4 @@ class SinceProgress(Progress):
         # record before the platform has replayed it
         self._floor = self.resume_epoch()
         self._prefix_max = None
+        self._seen_max = None

@@ -24,17 +24,25 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from faust.stores.base import Store
 from faust.types import TP, EventT
 
 from ccstream import metrics
 from ccstream.logs import get_logger
 from pipeline import faust_compat
+from pipeline.dedup.readback import read_range
 from pipeline.dedup.state import PartitionDedup
 
 log = get_logger("ccstream.dedup")
 
 TABLE_NAME = "bloom"
+# a record this close to the high watermark may be the last before markers: a committed
+# transaction ends in one commit marker, a worker killed mid-transaction leaves its aborted
+# ops and an abort marker (one op per batch, so up to a few hundred); a check reads the rest
+# once, and again only from the last record it found there
+MARKER_SLACK = 1000
+MARKER_READ_TIMEOUT_S = 5.0
 
 
 class DedupStore(Store[bytes, bytes]):
@@ -145,9 +153,12 @@ class DedupTable(faust_compat.OpTable):
     """A changelogged table whose per-partition value is a ``PartitionDedup``."""
 
     def __init__(self, app: faust.App, *, source_topic: str,
-                 factory: Callable[[], PartitionDedup], **kwargs: Any) -> None:
+                 factory: Callable[[], PartitionDedup], bootstrap: str = "",
+                 **kwargs: Any) -> None:
         self.source_topic = source_topic
         self._factory = factory
+        self._bootstrap = bootstrap  # for the markers check (empty: no check)
+        self._next_check: dict[Any, int] = {}  # per changelog partition: check again from
         super().__init__(app, name=TABLE_NAME, key_type=bytes, value_type=bytes, **kwargs)
 
     async def on_stop(self) -> None:
@@ -156,6 +167,41 @@ class DedupTable(faust_compat.OpTable):
             log.info("dedup.filter_digest", partition=partition, sha256=state_digest(state),
                      generations=list(state.bloom.filters))
         await super().on_stop()
+
+    async def on_changelog_event(self, event: EventT[Any]) -> None:
+        """End a partition's recovery at its last record when only markers follow it.
+
+        The filter's changelog is written in the agent's transactions, so it always ends in a
+        commit marker, an offset no ``read_committed`` reader ever receives. Faust's recovery
+        waits for the high watermark and, when the last record is below it, concludes that the
+        rest is markers only after two idle 5 s polls: a 10-15 s stall at every start, restart
+        and rebalance (the clean topic stops flowing meanwhile). Here, when a delivered record
+        is within ``MARKER_SLACK`` of the high watermark, the offsets after it are read with a
+        ``read_committed`` consumer of our own; if they hold no record (commit markers, a killed
+        worker's aborted ops and their abort marker), the recovery is told the partition is read
+        to its end. Records found there are left for faust to deliver, and the check is made
+        again at the last of them.
+        """
+        await super().on_changelog_event(event)
+        message = event.message
+        remaining = faust_compat.recovery_remaining(self.app, message.tp, message.offset)
+        if not self._bootstrap or remaining is None or not 0 < remaining <= MARKER_SLACK:
+            return
+        if message.offset < self._next_check.get(message.tp, -1):
+            return  # the last check found records up to there: faust delivers them first
+        tp = TopicPartition(message.tp.topic, message.tp.partition)
+        try:
+            rest = await read_range(self._bootstrap, tp, message.offset + 1,
+                                    message.offset + 1 + remaining, MARKER_READ_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - unknown: faust's own wait still ends it
+            log.debug("dedup.markers_check_failed", partition=tp.partition, error=repr(err))
+            return
+        if rest:
+            self._next_check[message.tp] = max(int(r.offset) for r in rest)
+        else:
+            faust_compat.recovery_reached_end(self.app, message.tp)
+            log.info("dedup.recovery_markers_skipped", partition=tp.partition,
+                     offsets=remaining)
 
     def make_store(self) -> DedupStore:
         return DedupStore(self, self._factory)

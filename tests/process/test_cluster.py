@@ -14,7 +14,8 @@ overlaps, reconnects), the instances' logs (who runs which slot), the raw topic 
 dedup key and payload hash: nothing lost) and the cursor topic read ``read_committed``
 (committed cursors never move backwards; no zombie cursor after a takeover). Measured failover
 times go to the chaos table (``recovery s`` = the slowest stream's takeover): bounds are the
-issue's, never tighter.
+issue's, never tighter. The harness (instances, the cluster run, the checks) is
+``tests/support/cluster.py``, shared with ``test_cluster_brokers.py``.
 """
 
 from __future__ import annotations
@@ -22,27 +23,22 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from support.cluster import Cluster, running_cluster
+from support.cluster import cursor_records as _cursor_records
+from support.cluster import events as _events
+from support.cluster import key as _key
+from support.cluster import position as _position
+from support.cluster import row as _row
+from support.cluster import ts as _ts
+from support.cluster import until as _until
 
-from ccstream.procs import tie_to_parent
-from ccstream.timefmt import parse_rfc3339
-from devtools.e2e import StreamPlan, compare, plan_streams, read_topic, render_toml
-from devtools.live import TopicTail
-from simulator import ClientSpec, SimSettings, Simulator
-from simulator.events import decode_cursor
+from devtools.e2e import compare, plan_streams, read_topic
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420),
               pytest.mark.asyncio(loop_scope="module")]
@@ -70,199 +66,6 @@ CLUSTER: dict[str, Any] = {
 }
 
 
-def _key(plan: StreamPlan) -> str:
-    return f"{plan.platform}/{plan.client_id}"
-
-
-def _ts(doc: dict[str, Any]) -> float:
-    return datetime.fromisoformat(str(doc["ts"])).timestamp()
-
-
-def _events(path: Path, names: set[str]) -> list[dict[str, Any]]:
-    out = []
-    if not path.exists():
-        return out
-    for line in path.read_bytes().splitlines():
-        if not line.startswith(b"{"):
-            continue
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(doc, dict) and doc.get("event") in names:
-            out.append(doc)
-    return out
-
-
-@dataclass
-class Instance:
-    """One ``ccstream connect`` process, stopped only through its own pid."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    started_wall: float
-    paused: bool = False
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def send(self, sig: int) -> None:
-        if self.alive():
-            self.popen.send_signal(sig)
-
-    def client_id(self) -> str | None:
-        found = _events(self.log_path, {"cluster.starting"})
-        return str(found[-1]["instance"]) if found else None
-
-    def streams(self) -> set[str]:
-        """The streams this process runs now, from its slot.running / slot.released lines."""
-        running: dict[int, list[str]] = {}
-        for doc in _events(self.log_path, {"slot.running", "slot.released"}):
-            if doc["event"] == "slot.running":
-                running[int(doc["slot"])] = list(doc.get("streams") or [])
-            else:
-                running.pop(int(doc["slot"]), None)
-        return {name for names in running.values() for name in names}
-
-
-@dataclass
-class Cluster:
-    sim: Simulator
-    bootstrap: str
-    config_path: Path
-    log_dir: Path
-    env: dict[str, str]
-    topics: dict[str, str]
-    raw: TopicTail
-    instances: dict[str, Instance] = field(default_factory=dict)
-    retired: list[Instance] = field(default_factory=list)
-    counter: int = 0
-
-    # -- processes -----------------------------------------------------------------------------
-    def start(self, name: str) -> Instance:
-        old = self.instances.get(name)
-        if old is not None:
-            assert not old.alive(), f"{name} still running"
-            self.retired.append(old)
-        self.counter += 1
-        log_path = self.log_dir / f"{name}-{self.counter}.log"
-        log = log_path.open("ab")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "connect", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env},
-            preexec_fn=tie_to_parent)  # noqa: PLW1509 (dies with pytest, even by kill -9)
-        log.close()
-        instance = Instance(name, popen, log_path, time.time())
-        self.instances[name] = instance
-        return instance
-
-    def live(self) -> list[Instance]:
-        return [i for i in self.instances.values() if i.alive() and not i.paused]
-
-    async def kill(self, name: str) -> None:
-        instance = self.instances[name]
-        instance.send(signal.SIGKILL)
-        await asyncio.to_thread(instance.popen.wait, 10)
-
-    async def terminate(self, name: str) -> int | None:
-        instance = self.instances[name]
-        instance.send(signal.SIGTERM)
-        try:
-            return await asyncio.to_thread(instance.popen.wait, GRACE_S + 3)
-        except subprocess.TimeoutExpired:
-            instance.send(signal.SIGKILL)
-            await asyncio.to_thread(instance.popen.wait, 10)
-            return None
-
-    def pause(self, name: str) -> None:
-        self.instances[name].send(signal.SIGSTOP)
-        self.instances[name].paused = True
-
-    def resume(self, name: str) -> None:
-        self.instances[name].send(signal.SIGCONT)
-        self.instances[name].paused = False
-
-    async def stop_all(self) -> None:
-        for instance in self.instances.values():
-            instance.send(signal.SIGCONT)
-            instance.send(signal.SIGTERM)
-        for instance in self.instances.values():
-            try:
-                await asyncio.to_thread(instance.popen.wait, GRACE_S + 3)
-            except subprocess.TimeoutExpired:
-                instance.send(signal.SIGKILL)
-                await asyncio.to_thread(instance.popen.wait, 10)
-
-    # -- views ---------------------------------------------------------------------------------
-    def owners(self) -> dict[str, list[str]]:
-        """stream name -> the live instances running it (from their logs)."""
-        found: dict[str, list[str]] = {p.name: [] for p in PLANS}
-        for instance in self.live():
-            for stream in instance.streams():
-                found.setdefault(stream, []).append(instance.name)
-        return found
-
-    def one_owner_each(self) -> bool:
-        owners = self.owners()
-        return all(len(owners[p.name]) == 1 for p in PLANS) and all(
-            self.sim.owners.open_now(_key(p)) == 1 for p in PLANS)
-
-    async def settle(self, within_s: float = 60.0, quiet_s: float = 1.5) -> float:
-        """Until every stream has exactly one owner and one connection, for ``quiet_s``."""
-        started = time.monotonic()
-        deadline = started + within_s
-        calm_since: float | None = None
-        while True:
-            now = time.monotonic()
-            if self.one_owner_each():
-                calm_since = calm_since or now
-                if now - calm_since >= quiet_s:
-                    return now - started
-            else:
-                calm_since = None
-            if now > deadline:
-                open_now = {_key(p): self.sim.owners.open_now(_key(p)) for p in PLANS}
-                raise AssertionError(f"not settled within {within_s} s: {self.owners()} "
-                                     f"{open_now}")
-            await asyncio.sleep(0.1)
-
-    def takeover_s(self, streams: set[str], since: float) -> dict[str, float | None]:
-        """Per stream: seconds from ``since`` (monotonic) to its first connection after it."""
-        plans = {p.name: p for p in PLANS}
-        out: dict[str, float | None] = {}
-        for name in streams:
-            key = _key(plans[name])
-            opened = [e.t for e in self.sim.owners.events
-                      if e.stream == key and e.delta > 0 and e.t >= since]
-            out[name] = round(min(opened) - since, 2) if opened else None
-        return out
-
-    def spans(self, start: float, end: float) -> tuple[float, float]:
-        """The longest time any stream had no connection, and more than one, in the window."""
-        gaps, doubles = zip(*(self.sim.owners.spans(_key(p), start, end) for p in PLANS),
-                            strict=True)
-        return round(max(gaps), 2), round(max(doubles), 2)
-
-    def lost_so_far(self, emitted: dict[str, str]) -> int:
-        return sum(1 for key in emitted if key not in self.raw.view.counts)
-
-    def emitted(self) -> dict[str, str]:
-        merged: dict[str, str] = {}
-        for stream in self.sim.ledger.streams.values():
-            merged.update(stream.hashes)
-        return merged
-
-
-async def _until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 def _weights() -> dict[int, int]:
     from connectors.policy.slots import weights
 
@@ -274,59 +77,15 @@ def _balanced(cluster: Cluster) -> tuple[bool, dict[str, int]]:
     return max(loads.values()) - min(loads.values()) <= max(_weights().values()), loads
 
 
-async def _row(cluster: Cluster, table: list[dict[str, Any]], name: str,
-               emitted_before: dict[str, str], window: tuple[float, float],
-               recovery: float | None) -> None:
-    """A chaos-table row: events so far, events of before the scenario not in raw yet (after a
-    bounded wait), duplicates in raw so far, the slowest takeover; gap and overlap in the name."""
-    await _until(lambda: cluster.lost_so_far(emitted_before) == 0, 30,
-                 f"raw holding every event emitted before {name}")
-    gap, double = cluster.spans(*window)
-    duplicated = sum(1 for n in cluster.raw.view.counts.values() if n > 1)
-    table.append({"scenario": f"{name} [gap {gap}s, 2x {double}s]",
-                  "events": len(cluster.emitted()), "missing": cluster.lost_so_far(emitted_before),
-                  "duplicated": duplicated, "recovery_s": recovery})
-
-
 # -- the module's cluster --------------------------------------------------------------------------
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(kafka: Any, tmp_path_factory: pytest.TempPathFactory
                   ) -> AsyncIterator[Cluster]:
-    bootstrap = kafka.bootstrap_servers
     work = tmp_path_factory.mktemp("cluster")
     prefix = f"t.cluster.{os.getpid()}.{int(time.time())}"
-    clients = tuple(ClientSpec(p.client_id, p.secret, platforms=(p.platform,)) for p in PLANS)
-    # no re-sent older NICE events (rewind on resume, live duplicates): CursorProgress folds
-    # a re-sent event's older cursor into the resume point, a step back within one owner that
-    # is not about ownership; "committed cursors never move back" is checked for ownership
-    settings = SimSettings(clients=clients, seed=17, rate=5.0, single_session=("genesys",),
-                           nice_rewind_max=0, duplicate_rate=0.0)
-    async with Simulator(settings) as sim:
-        topics = {"raw": f"{prefix}.raw", "clean": f"{prefix}.clean",
-                  "cursors": f"{prefix}.cursors", "dlq": f"{prefix}.dlq",
-                  "slots": f"{prefix}.slots"}
-        urls = {platform: sim.stream_url(platform) for platform in ("genesys", "nice")}
-        streams = [{"name": p.name, "platform": p.platform, "url": urls[p.platform],
-                    "token_url": sim.token_url, "client_id": p.client_id,
-                    "client_secret_env": p.secret_env, "ping_interval_s": 2.0} for p in PLANS]
-        config = work / "ccstream.toml"
-        config.write_text(render_toml({
-            "kafka": {"bootstrap_servers": bootstrap, "partitions": 3},
-            "topics": topics, "connector": CONNECTOR,
-            "cluster": {**CLUSTER, "group_id": f"{prefix}-connect"},
-            "log": {"level": "INFO", "format": "json"}}, streams))
-        raw = TopicTail(bootstrap, topics["raw"])
-        run = Cluster(sim, bootstrap, config, work / "logs",
-                      {p.secret_env: p.secret for p in PLANS}, topics, raw)
-        run.log_dir.mkdir()
-        try:
-            for name in ("A", "B", "C"):
-                run.start(name)
-            await raw.start()
-            yield run
-        finally:
-            await run.stop_all()
-            await raw.stop()
+    async with running_cluster(kafka.bootstrap_servers, work, PLANS, prefix=prefix,
+                               connector=CONNECTOR, cluster=CLUSTER, grace_s=GRACE_S) as run:
+        yield run
 
 
 # -- the walk --------------------------------------------------------------------------------------
@@ -525,39 +284,3 @@ async def test_verdict_nothing_lost_and_cursors_never_back(
         previous = last.get(plan.name)
         assert previous is None or value >= previous[0], (record, previous)
         last[plan.name] = (value, record["owner"])
-
-
-def _position(cluster: Cluster, plan: StreamPlan, body: dict[str, Any]) -> float:
-    if plan.platform == "genesys":
-        since = parse_rfc3339(body["since"])
-        assert since is not None, body
-        return since
-    tag = cluster.sim.streams["nice", plan.client_id].factory.tag
-    seq = decode_cursor(str(body["cursor"]), tag)
-    assert seq is not None, body
-    return float(seq)
-
-
-async def _cursor_records(cluster: Cluster) -> list[dict[str, Any]]:
-    """Every cursor record, read_committed, in offset order (nothing is compacted yet: the
-    active segment never is)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap,
-                                isolation_level="read_committed", enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    out = []
-    try:
-        tp = TopicPartition(cluster.topics["cursors"], 0)
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            for batch in (await consumer.getmany(tp, timeout_ms=500)).values():
-                for record in batch:
-                    doc = orjson.loads(record.value)
-                    body = {k: v for k, v in doc.items()
-                            if k not in ("platform", "updated_at", "owner")}
-                    out.append({"stream": record.key.decode(), "owner": doc.get("owner"),
-                                "at": parse_rfc3339(doc["updated_at"]) or 0.0, "body": body})
-    finally:
-        await consumer.stop()
-    return out

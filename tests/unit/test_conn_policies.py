@@ -295,6 +295,23 @@ def test_genesys_since_is_a_low_watermark_minus_lateness() -> None:
     assert p.resume_point() == rfc3339(120.0)
 
 
+def test_genesys_since_counts_lateness_from_what_was_received() -> None:
+    """Before anything is acknowledged the point is already newest received minus lateness,
+    never the first pending timestamp; acknowledgements then only move it forward (found by
+    the cluster tests: a first commit at the pending event's time, then 30 s back)."""
+    p = SinceProgress(None, lateness_s=30.0)
+    a = p.track(1000.0)
+    assert p.resume_point() == rfc3339(970.0)  # an event up to 30 s older may still come
+    points = [p.resume_epoch()]
+    b = p.track(1010.0)
+    points.append(p.resume_epoch())
+    p.ack(a)
+    points.append(p.resume_epoch())
+    p.ack(b)
+    points.append(p.resume_epoch())
+    assert points == sorted(points) and points[-1] == 980.0
+
+
 def test_genesys_rewind_covers_a_failed_send_older_than_the_prefix() -> None:
     """A failed send older than newest-minus-lateness pins the floor at its own timestamp."""
     p = SinceProgress(None, lateness_s=10.0)
