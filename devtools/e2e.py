@@ -24,8 +24,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ccstream.config import GuidePlatform as Platform
-from ccstream.records import H_DEDUP_KEY, header
+from ccstream.records import H_DEDUP_KEY, H_PLATFORM, header
 from ccstream.topics import partition_count
+from devtools.judges import Rec
 
 
 def payload_hash(value: bytes) -> str:
@@ -258,14 +259,31 @@ def compare(ledger: Mapping[str, str], clean: CleanView) -> Verdict:
                    tuple(sorted(missing)[:5]), tuple(sorted(duplicated)[:5]))
 
 
+def compare_by_platform(ledger: Any, clean: Iterable[Rec]) -> dict[str, Verdict]:
+    """``compare`` per seed platform: the simulator's ledger of each platform's streams against
+    the clean records of that platform (header ``ccstream-platform``)."""
+    emitted_by: dict[str, dict[str, str]] = {}
+    for name, stream in ledger.streams.items():
+        emitted_by.setdefault(name.split("/", 1)[0], {}).update(stream.hashes)
+    views = {platform: CleanView() for platform in emitted_by}
+    for record in clean:
+        view = views.get(record.header(H_PLATFORM) or "")
+        if view is not None:
+            tally(view, record.headers, record.value)
+    return {p: compare(emitted_by[p], views[p]) for p in sorted(emitted_by)}
+
+
 def pipeline_config(bootstrap: str, plans: Iterable[StreamPlan], *, urls: Mapping[str, str],
                     token_url: str, prefix: str,
                     overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                    per_platform: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+                    per_platform: Mapping[str, Mapping[str, Any]] | None = None,
+                    extra_streams: Iterable[Mapping[str, Any]] = ()) -> str:
     """The TOML of a connector + dedup worker pair on the simulator, topics under ``prefix``.
 
     ``urls``: platform -> stream URL. ``overrides`` replace keys section by section (e.g. scaled
-    connector clocks); ``per_platform`` adds keys to the ``[[streams]]`` of a platform.
+    connector clocks); ``per_platform`` adds keys to the ``[[streams]]`` of a platform;
+    ``extra_streams`` are ``[[streams]]`` entries written as given (the real platforms': see
+    ``cxone_stream`` and ``gc_stream``).
     """
     sections: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": bootstrap, "partitions": 3},
@@ -284,6 +302,7 @@ def pipeline_config(bootstrap: str, plans: Iterable[StreamPlan], *, urls: Mappin
          **(per_platform or {}).get(p.platform, {})}
         for p in plans
     ]
+    streams.extend(dict(extra) for extra in extra_streams)
     return render_toml({k: v for k, v in sections.items() if v}, streams)
 
 
@@ -301,4 +320,84 @@ def log_events(path: Path, event: str) -> list[dict[str, Any]]:
             continue
         if isinstance(doc, dict) and doc.get("event") == event:
             found.append(doc)
+    return found
+
+
+# -- the real platforms (CXone, Genesys Cloud): configuration and what the judges read ------------
+def secret_env(name: str, what: str = "SECRET") -> str:
+    """The environment variable that carries a real-platform stream's secret."""
+    return f"CCSTREAM_E2E_{what}_" + name.upper().replace("-", "_").replace(".", "_")
+
+
+def cxone_stream(name: str, discovery_url: str, access_key_id: str, client_id: str,
+                 **keys: Any) -> dict[str, Any]:
+    """A ``[[streams]]`` entry of ``platform = "cxone"``; secrets come from ``secret_env``."""
+    return {"name": name, "platform": "cxone", "discovery_url": discovery_url,
+            "access_key_id": access_key_id,
+            "access_key_secret_env": secret_env(name, "ACCESS_KEY_SECRET"),
+            "client_id": client_id, "client_secret_env": secret_env(name), **keys}
+
+
+def gc_stream(name: str, api_url: str, client_id: str, topics: Iterable[str],
+              **keys: Any) -> dict[str, Any]:
+    """A ``[[streams]]`` entry of ``platform = "genesys-cloud"``; the secret from ``secret_env``."""
+    return {"name": name, "platform": "genesys-cloud", "api_url": api_url,
+            "client_id": client_id, "client_secret_env": secret_env(name),
+            "topics": list(topics), **keys}
+
+
+async def read_records(bootstrap: str, topic: str, idle_ms: int = 1000) -> list[Rec]:
+    """Every record of ``topic`` (``read_committed``) up to its current end, as the judges read
+    them: key, value, headers."""
+    out: list[Rec] = []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        count = await partition_count(bootstrap, topic)
+        partitions = [TopicPartition(topic, p) for p in range(count)]
+        if not partitions:
+            return out
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=idle_ms)
+            for records in batch.values():
+                out.extend(Rec.of(r.key, r.value, r.headers) for r in records)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+            if not batch and pending:
+                ends = await consumer.end_offsets(list(pending))
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_cursor(bootstrap: str, topic: str, stream: str) -> dict[str, Any] | None:
+    """The last committed cursor of ``stream`` in the cursor topic (its JSON), or None."""
+    found: dict[str, Any] | None = None
+    for record in await read_records(bootstrap, topic):
+        if record.key == stream.encode() and record.value:
+            doc = orjson.loads(record.value)
+            if isinstance(doc, dict):
+                found = doc
+    return found
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    """Every JSON log line of a ccstream process (all its lives: the log is appended)."""
+    found: list[dict[str, Any]] = []
+    if not path.exists():
+        return found
+    for line in path.read_bytes().splitlines():
+        if line.startswith(b"{"):
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict):
+                found.append(doc)
     return found

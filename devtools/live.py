@@ -1,7 +1,8 @@
 """Live figures of a running pipeline, for the demo's terminal view, report and timeline.
 
 ``TopicTail`` follows a topic ``read_committed`` in the background and keeps exact counts (records,
-distinct dedup keys, hashes). ``scrape`` reads a ccstream process's Prometheus endpoint.
+distinct dedup keys, hashes; per stream, the real platforms' live and backfill records).
+``scrape`` reads a ccstream process's Prometheus endpoint.
 ``Timeline`` keeps one ``Sample`` per tick and draws the PNG.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ccstream.records import H_SOURCE, H_STREAM, header
 from ccstream.topics import partition_count
 from devtools.e2e import CleanView, tally
 
@@ -27,7 +30,12 @@ class TopicTail:
         self.bootstrap = bootstrap
         self.topic = topic
         self.view = CleanView()
+        # records per (stream, ccstream-source): the real platforms' live and backfill counts
+        self.sources: Counter[tuple[str, str]] = Counter()
         self._task: asyncio.Task[None] | None = None
+
+    def count(self, stream: str, source: str) -> int:
+        return self.sources[stream, source]
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"tail:{self.topic}")
@@ -51,6 +59,11 @@ class TopicTail:
                 for records in batch.values():
                     for record in records:
                         tally(self.view, record.headers, record.value)
+                        headers = list(record.headers or ())
+                        origin = header(headers, H_SOURCE)
+                        if origin is not None:
+                            stream = header(headers, H_STREAM) or b"?"
+                            self.sources[stream.decode(), origin.decode()] += 1
         finally:
             await consumer.stop()
 

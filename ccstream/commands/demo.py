@@ -1,11 +1,15 @@
 """The main job on embedded defaults: the whole pipeline through a storm of faults.
 
 Starts the local Apache Kafka broker, the platform simulator (several Genesys and NICE streams,
-the `chaos` fault preset, platform time compressed so that tokens expire during the run), the
-connector and the dedup worker as real processes; shows live progress; stops after --duration
-seconds (or Ctrl-C); lets the pipeline drain; then compares the simulator's ledger of every
-distinct event it emitted with the clean topic and writes report.json and timeline.png.
-The exit code is 0 only if nothing is missing and nothing is duplicated.
+the `chaos` fault preset, platform time compressed so that tokens expire during the run), beside
+it the real platforms' simulator flavours (a NICE CXone stream and a Genesys Cloud stream, their
+own `chaos` presets, a scheduled `stall` on CXone and `channel_gone` on Genesys Cloud so that a
+gap and its backfill show on each), the connector and the dedup worker as real processes; shows
+live progress; stops after --duration seconds (or Ctrl-C); lets the pipeline drain; then compares
+the seed simulator's ledger of every distinct event it emitted with the clean topic, has the real
+platforms' judges (``devtools/judges_*``) weigh their flavours' ledgers against raw, clean and
+the reported gaps, and writes report.json and timeline.png. The exit code is 0 only if nothing
+is missing, lost or duplicated on any platform.
 """
 
 from __future__ import annotations
@@ -30,11 +34,18 @@ from devtools.e2e import (
     ProcessGroup,
     StreamPlan,
     compare,
+    compare_by_platform,
     emitted,
+    log_lines,
     pipeline_config,
     plan_streams,
+    read_cursor,
+    read_records,
     read_topic,
 )
+from devtools.e2e import Verdict as SeedVerdict
+from devtools.judges import Rec, Verdict
+from devtools.judges_run import PLATFORMS, RealPlatform, real_platforms
 from devtools.live import (
     FaultMark,
     Metrics,
@@ -69,6 +80,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "`ccstream kafka stop`)")
     parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="seconds allowed for the pipeline to catch up at the end")
+    parser.add_argument("--real-platforms", type=_platform_list, default=PLATFORMS,
+                        metavar="LIST",
+                        help="the real platforms' streams beside the seed ones, each with its "
+                             "simulator flavour in-process and its `chaos` preset (unless "
+                             "--faults none): a comma list of " + ", ".join(PLATFORMS)
+                             + ", or 'none' (default: both)")
+
+
+def _platform_list(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("none", ""):
+        return ()
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [n for n in names if n not in PLATFORMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown platform {unknown[0]!r} (known: "
+                                         f"{', '.join(PLATFORMS)}, or none)")
+    return names
 
 
 @dataclass
@@ -86,6 +114,8 @@ class DemoRun:
     seen_faults: dict[str, int] = field(default_factory=dict)
     # last answers of the processes' metrics endpoints, kept when a process is between lives
     metrics: dict[str, Metrics] = field(default_factory=dict)
+    # the real platforms' streams (CXone, Genesys Cloud) and their simulator flavours
+    reals: list[RealPlatform] = field(default_factory=list)
 
     @property
     def elapsed(self) -> float:
@@ -103,7 +133,7 @@ def _sim_settings(args: argparse.Namespace, plans: list[StreamPlan]) -> SimSetti
 
 
 def _config_text(bootstrap: str, sim: Simulator, plans: list[StreamPlan],
-                 ports: dict[str, int], run_id: str) -> str:
+                 ports: dict[str, int], run_id: str, *, reals: list[RealPlatform]) -> str:
     scale = DEMO_TIME_SCALE
     overrides: dict[str, dict[str, Any]] = {
         # the connector's clocks compressed like the platform's (token buffer 300 s -> 5 s)
@@ -118,7 +148,8 @@ def _config_text(bootstrap: str, sim: Simulator, plans: list[StreamPlan],
     pings = {"genesys": {"ping_interval_s": 12.0 / scale},
              "nice": {"ping_interval_s": 25.0 / scale}}
     return pipeline_config(bootstrap, plans, urls=urls, token_url=sim.token_url,
-                           prefix=f"demo.{run_id}", overrides=overrides, per_platform=pings)
+                           prefix=f"demo.{run_id}", overrides=overrides, per_platform=pings,
+                           extra_streams=[r.entry for r in reals])
 
 
 def _fault_marks(run: DemoRun) -> list[FaultMark]:
@@ -130,6 +161,12 @@ def _fault_marks(run: DemoRun) -> list[FaultMark]:
             key = f"{client_id}/{kind}"
             for _ in range(count - seen.get(key, 0)):
                 marks.append(FaultMark(round(run.elapsed, 2), str(kind), client_id))
+            seen[key] = count
+    for real in run.reals:
+        for kind, count in real.faults_fired().items():
+            key = f"{real.stream}/{kind}"
+            for _ in range(count - seen.get(key, 0)):
+                marks.append(FaultMark(round(run.elapsed, 2), kind, real.stream))
             seen[key] = count
     return marks
 
@@ -156,7 +193,10 @@ async def _tick(run: DemoRun, http: aiohttp.ClientSession) -> dict[str, Any]:
     run.timeline.samples.append(sample)
     marks = _fault_marks(run)
     run.timeline.faults.extend(marks)
-    return {"sample": sample, "marks": marks,
+    reals = {r.stream: (run.raw.count(r.stream, "live"), run.raw.count(r.stream, "backfill"),
+                        int(total(metrics, "ccstream_gaps_total", stream=r.stream)))
+             for r in run.reals}
+    return {"sample": sample, "marks": marks, "reals": reals,
             "causes": by_label(metrics, "ccstream_ws_reconnects_total", "cause")}
 
 
@@ -165,10 +205,13 @@ def _render(run: DemoRun, tick: dict[str, Any], phase: str) -> str:
     dups = s.duplicates_removed
     causes = ", ".join(f"{k} {int(v)}" for k, v in sorted(tick["causes"].items()) if v) or "-"
     distinct = len(run.clean.view.counts)
-    return (f"[{s.t:6.1f}s {phase:8}] emitted {s.emitted:7d} | raw {s.raw:7d} | "
+    line = (f"[{s.t:6.1f}s {phase:8}] emitted {s.emitted:7d} | raw {s.raw:7d} | "
             f"clean {s.clean:7d} ({distinct} distinct) | duplicates removed {dups:6d} | "
             f"reconnects {s.reconnects:4d} ({causes}) | token refreshes {s.token_refreshes:3d} | "
             f"breakers open {s.breakers_open}")
+    reals = " | ".join(f"{name}: live {live}, backfill {backfill}, gaps {gaps}"
+                       for name, (live, backfill, gaps) in tick["reals"].items())
+    return f"{line}\n{' ' * 19}{reals}" if reals else line
 
 
 async def _watch(run: DemoRun, http: aiohttp.ClientSession, until: float, phase: str,
@@ -193,15 +236,19 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
     plans = plan_streams(genesys=(args.streams + 1) // 2, nice=args.streams // 2)
     run_id = f"{int(time.time())}"
     ports = {"connect": devkafka.free_port(), "dedup": devkafka.free_port()}
-    async with Simulator(_sim_settings(args, plans)) as sim:
+    async with (Simulator(_sim_settings(args, plans)) as sim,
+                real_platforms(args.real_platforms, seed=args.seed,
+                               chaos=args.faults != "none") as reals):
         config_path = report_dir / "ccstream.toml"
-        config_path.write_text(_config_text(bootstrap, sim, plans, ports, run_id))
+        config_path.write_text(_config_text(bootstrap, sim, plans, ports, run_id, reals=reals))
         env = {p.secret_env: p.secret for p in plans}
+        for real in reals:
+            env.update(real.secrets)
         group = ProcessGroup(config_path, report_dir / "logs", env=env)
         topics = _topics(config_path)
         run = DemoRun(args, bootstrap, sim, plans, group, ports,
                       raw=TopicTail(bootstrap, topics["raw"]),
-                      clean=TopicTail(bootstrap, topics["clean"]))
+                      clean=TopicTail(bootstrap, topics["clean"]), reals=reals)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -210,15 +257,17 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
             group.start("connect")
             await run.raw.start()
             await run.clean.start()
-            print(f"simulator at {sim.token_url.rsplit('/', 2)[0]}; {len(plans)} streams; "
-                  f"faults: {args.faults}; report in {report_dir}", flush=True)
+            names = ", ".join(r.stream for r in reals) or "none"
+            print(f"simulator at {sim.token_url.rsplit('/', 2)[0]}; {len(plans)} seed streams; "
+                  f"real platforms: {names}; faults: {args.faults}; report in {report_dir}",
+                  flush=True)
             async with aiohttp.ClientSession() as http:
                 await _watch(run, http, time.monotonic() + args.duration, "live", stop)
                 sim.stop_generating()
+                for real in reals:
+                    real.stop_generating()
                 await _drain(run, http)
-                # in threads: the simulator on this loop must answer the close handshakes
-                code = {kind: await asyncio.to_thread(group.terminate, kind)
-                        for kind in ("connect", "dedup")}
+                code = await _shut_down(run)
                 await _tick(run, http)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
@@ -227,14 +276,49 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
             await asyncio.to_thread(group.stop_all)
         final = await read_topic(bootstrap, topics["clean"])
         verdict = compare(emitted(sim.ledger), final)
-        return _report(run, verdict.to_json(), code, report_dir)
+        judged = await _judge_reals(run, topics) if reals else {}
+        clean = await read_records(bootstrap, topics["clean"])
+        seeds = compare_by_platform(sim.ledger, clean)
+        return _report(run, verdict.to_json(), seeds=seeds, judged=judged, codes=code,
+                       report_dir=report_dir)
+
+
+async def _shut_down(run: DemoRun) -> dict[str, int | None]:
+    """SIGTERM the connector, let the worker catch up with raw, SIGTERM the worker.
+
+    In threads: the simulators on this loop must answer the close handshakes meanwhile."""
+    if run.reals:
+        await asyncio.sleep(3.0)   # the real platforms' last polls and notifications acked
+    for real in run.reals:
+        real.mark_shutdown()
+    code = {"connect": await asyncio.to_thread(run.group.terminate, "connect")}
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        wanted = {k for k in run.raw.view.counts if k != "?"}
+        if wanted <= set(run.clean.view.counts):
+            break
+        await asyncio.sleep(0.5)
+    code["dedup"] = await asyncio.to_thread(run.group.terminate, "dedup")
+    return code
+
+
+async def _judge_reals(run: DemoRun, topics: dict[str, str]) -> dict[str, Verdict]:
+    """Each real platform's verdict (``devtools/judges_*``): ledger vs raw, clean, gaps."""
+    raw: list[Rec] = await read_records(run.bootstrap, topics["raw"])
+    clean: list[Rec] = await read_records(run.bootstrap, topics["clean"])
+    lines = log_lines(run.group.procs["connect"].log_path)
+    out = {}
+    for real in run.reals:
+        cursor = await read_cursor(run.bootstrap, topics["cursors"], real.stream) or {}
+        out[real.platform] = real.judge(raw, clean, lines, cursor.get("open_gaps", []))
+    return out
 
 
 def _topics(config_path: Path) -> dict[str, str]:
     from ccstream.config import load
 
     names = load(config_path).topics
-    return {"raw": names.raw, "clean": names.clean}
+    return {"raw": names.raw, "clean": names.clean, "cursors": names.cursors}
 
 
 async def _drain(run: DemoRun, http: aiohttp.ClientSession) -> None:
@@ -259,31 +343,45 @@ async def _drain(run: DemoRun, http: aiohttp.ClientSession) -> None:
             await checker
 
 
-def _report(run: DemoRun, verdict: dict[str, Any], codes: dict[str, int | None],
-            report_dir: Path) -> int:
+def _report(run: DemoRun, verdict: dict[str, Any], *, seeds: dict[str, SeedVerdict],
+            judged: dict[str, Verdict], codes: dict[str, int | None], report_dir: Path) -> int:
     stats = {cid: s.to_json() for cid, s in run.sim.stats.items()}
     gaps = sum(s.gaps_served for s in run.sim.stats.values())
     report = {
         "finished_at": rfc3339(time.time()),
         "duration_s": run.args.duration, "rate_per_stream": run.args.rate,
-        "streams": [p.name for p in run.plans], "faults_preset": run.args.faults,
+        "streams": [p.name for p in run.plans] + [r.stream for r in run.reals],
+        "faults_preset": run.args.faults,
         "verdict": verdict, "gaps_reported": gaps,
+        "platforms": {**{p: v.to_json() for p, v in seeds.items()},
+                      **{p: v.to_json() for p, v in judged.items()}},
         "exit_codes": codes, "faults_fired": len(run.timeline.faults),
         "simulator_stats": stats, "timeline": run.timeline.to_json(),
     }
     (report_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     run.timeline.draw(report_dir / "timeline.png",
-                      f"ccstream demo: {len(run.plans)} streams, faults={run.args.faults}")
-    ok = verdict["ok"] and all(c == 0 for c in codes.values())
+                      f"ccstream demo: {len(run.plans) + len(run.reals)} streams, "
+                      f"faults={run.args.faults}")
+    ok = (verdict["ok"] and all(v.ok for v in judged.values())
+          and all(c == 0 for c in codes.values()))
     print("\n=== ccstream demo report ===")
-    for key in ("emitted", "delivered", "missing", "duplicated", "altered"):
-        print(f"  {key:12} {verdict[key]}")
-    print(f"  {'gaps':12} {gaps}")
-    print(f"  {'faults':12} {len(run.timeline.faults)} injected")
-    print(f"  exit codes   {codes}")
-    print(f"  report       {report_dir / 'report.json'}")
-    print(f"  timeline     {report_dir / 'timeline.png'}")
-    print(f"  verdict      {'OK: nothing lost, nothing duplicated' if ok else 'FAILED'}")
+    for platform, seed in seeds.items():
+        print(f"  {platform:14} emitted {seed.emitted}, delivered {seed.delivered}, missing "
+              f"{seed.missing}, duplicated {seed.duplicated}, altered {seed.altered}")
+    for platform, real in judged.items():
+        c, rules = real.counts, real.lost_by_rule()
+        print(f"  {platform:14} live {c['live']}, backfilled {c['backfill']}, gaps {c['gaps']} "
+              f"(open {c['open_gaps']}), lost {len(real.lost)} (rule 1: {rules[1]}, 2: "
+              f"{rules[2]}, 3: {rules[3]}), duplicated {len(real.duplicated)}, rule breaks "
+              f"{sum(real.rule_breaks.values())}")
+        for loss in real.lost[:5]:
+            print(f"  {'':14}   lost (rule {loss.rule}): {loss.item}: {loss.why}")
+    print(f"  {'gaps (seed)':14} {gaps}")
+    print(f"  {'faults':14} {len(run.timeline.faults)} injected")
+    print(f"  {'exit codes':14} {codes}")
+    print(f"  {'report':14} {report_dir / 'report.json'}")
+    print(f"  {'timeline':14} {report_dir / 'timeline.png'}")
+    print(f"  {'verdict':14} {'OK: nothing lost, nothing duplicated' if ok else 'FAILED'}")
     return 0 if ok else 1
 
 
