@@ -230,14 +230,16 @@ async def test_sigstop_zombie_is_replaced_and_then_does_nothing_stale(
 
 async def test_soak_random_kills_pauses_and_restarts_keep_the_invariants(
         cluster: Cluster, chaos_table: list[dict[str, Any]]) -> None:
-    """About 45 s of kill -9, SIGSTOP/SIGCONT and SIGTERM+restart at random, two instances at
-    least always alive: afterwards one owner and one connection per stream again, balanced
-    (nothing lost and cursors never back: the verdict below covers the whole run)."""
+    """About 45 s (``CCSTREAM_SOAK_S`` for a longer soak) of kill -9, SIGSTOP/SIGCONT and
+    SIGTERM+restart at random, two instances at least always alive: afterwards one owner and
+    one connection per stream again, balanced (nothing lost and cursors never back: the verdict
+    below covers the whole run)."""
     rng = random.Random(7)
+    soak_s = float(os.environ.get("CCSTREAM_SOAK_S", "45"))
     emitted = cluster.emitted()
     started = time.monotonic()
     actions = 0
-    while time.monotonic() - started < 45:
+    while time.monotonic() - started < soak_s:
         alive = [i.name for i in cluster.live()]
         victim = rng.choice(alive)
         action = rng.choice(("kill", "pause", "term")) if len(alive) > 2 else "none"
