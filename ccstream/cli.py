@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "cursors": "show each stream's committed cursor",
     "owners": "cluster mode: slot -> instance -> streams",
     "replay": "reprocess raw events from TIME into clean",
+    "check": "pre-flight: config, Kafka and topics, credentials, endpoints; writes nothing",
     "kafka": "start, stop or inspect the local Apache Kafka broker",
 }
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from ccstream.errors import CcstreamError
 
@@ -97,6 +99,11 @@ class ConnectorSettings(_Section):
     since_lateness_s: float = Field(30.0, ge=0)
     # exit non-zero (after a clean shutdown) once every stream is stopped or has its breaker open
     exit_when_all_open: bool = True
+    # regional failover (streams with ``endpoints``, docs/operations.md): this many failed
+    # attempts in a row on one endpoint (or its breaker opening) move the stream to the next
+    failover_after_attempts: int = Field(3, ge=1)
+    # on a secondary endpoint, the primary is probed about this often (jittered x 0.5-1.5)
+    failback_probe_interval_s: float = Field(300.0, gt=0)
 
 
 class ClusterSettings(_Section):
@@ -175,13 +182,70 @@ def _one_of(inline: SecretStr | None, env: str | None, key: str) -> None:
         raise ValueError(f"give {key}_env or {key}, not both")
 
 
+def key_error(key: str, problem: str) -> PydanticCustomError:
+    """A validation error naming a key below the model's own path (``endpoints[1].url``):
+    ``parse`` joins it to the path, so the error reads ``streams[0].endpoints[1].url: ...``."""
+    return PydanticCustomError("ccstream_key", "{key}: {problem}",
+                               {"key": key, "problem": problem})
+
+
+PROXY_SCHEMES = ("http", "https")
+
+
+def proxy_problem(url: str) -> str | None:  # noqa: PLR0911 (one return per rule)
+    """Why ``url`` is not a usable proxy (None: it is). Never quotes the URL: it may carry the
+    proxy's password. SOCKS is refused: websockets needs python-socks and aiohttp needs
+    aiohttp-socks for it, and ccstream installs neither (docs/operations.md, "Proxies")."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "not a URL (expected http://[user:password@]host:port)"
+    if parts.scheme.startswith("socks"):
+        return (f"{parts.scheme}:// is not supported (SOCKS needs python-socks and "
+                "aiohttp-socks, which ccstream does not install): use an HTTP CONNECT proxy")
+    if parts.scheme not in PROXY_SCHEMES:
+        return "the scheme must be http:// or https:// (http://[user:password@]host:port)"
+    if not parts.hostname:
+        return "no host (expected http://[user:password@]host:port)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a proxy URL has no path, query or fragment"
+    if parts.username is not None and parts.password is None:
+        return "a user without a password (give user:password@, percent-encoded)"
+    del port
+    return None
+
+
+def _check_proxy(proxy: SecretStr | None) -> None:
+    if proxy is not None:
+        problem = proxy_problem(proxy.get_secret_value())
+        if problem is not None:
+            raise key_error("proxy", problem)
+
+
+class Endpoint(_Section):
+    """One region of a stream: its socket URL and, when it differs, its token URL."""
+
+    url: str = Field(pattern=r"^wss?://")
+    token_url: str | None = Field(None, pattern=r"^https?://")
+
+
 class StreamConfig(_Section):
-    """A stream of the integration guide's flavours (``platform = "genesys" | "nice"``)."""
+    """A stream of the integration guide's flavours (``platform = "genesys" | "nice"``).
+
+    One endpoint (``url`` + ``token_url``) or an ordered list (``endpoints``, the first is the
+    primary; each one's ``token_url`` defaults to the stream's): ``endpoint_list()`` is the
+    resolved list either way.
+    """
 
     name: str = StreamName
     platform: GuidePlatform
-    url: str = Field(pattern=r"^wss?://")
-    token_url: str = Field(pattern=r"^https?://")
+    url: str | None = Field(None, pattern=r"^wss?://")
+    token_url: str | None = Field(None, pattern=r"^https?://")
+    endpoints: tuple[Endpoint, ...] | None = None
+    # HTTP(S) CONNECT proxy for this stream's sockets, token and REST calls (a secret: it may
+    # carry a password); None = HTTPS_PROXY / HTTP_PROXY / NO_PROXY of the environment
+    proxy: SecretStr | None = None
     client_id: str = Field(min_length=1)
     client_secret_env: str | None = None
     client_secret: SecretStr | None = None
@@ -196,7 +260,38 @@ class StreamConfig(_Section):
     @model_validator(mode="after")
     def _one_secret_source(self) -> StreamConfig:
         _one_of(self.client_secret, self.client_secret_env, "client_secret")
+        _check_proxy(self.proxy)
+        self._check_endpoints()
         return self
+
+    def _check_endpoints(self) -> None:
+        if self.endpoints is None:
+            if self.url is None:
+                raise key_error("url", "required (or endpoints = [{url = ...}, ...])")
+            if self.token_url is None:
+                raise key_error("token_url", "required")
+            return
+        if self.url is not None:
+            raise key_error("endpoints", "give url or endpoints, not both")
+        if not self.endpoints:
+            raise key_error("endpoints", "give at least one endpoint")
+        seen: dict[str, int] = {}
+        for i, endpoint in enumerate(self.endpoints):
+            if endpoint.url in seen:
+                raise key_error(f"endpoints[{i}].url",
+                                f"the same URL as endpoints[{seen[endpoint.url]}].url")
+            seen[endpoint.url] = i
+            if endpoint.token_url is None and self.token_url is None:
+                raise key_error(f"endpoints[{i}].token_url",
+                                "required (or one token_url for the stream)")
+
+    def endpoint_list(self) -> tuple[Endpoint, ...]:
+        """The stream's endpoints in order (the primary first), each with its token URL."""
+        if self.endpoints is None:
+            assert self.url is not None and self.token_url is not None
+            return (Endpoint(url=self.url, token_url=self.token_url),)
+        return tuple(Endpoint(url=e.url, token_url=e.token_url or self.token_url)
+                     for e in self.endpoints)
 
     def secret(self) -> str:
         """The client secret, read from the environment variable when one is named."""
@@ -235,10 +330,13 @@ class GenesysCloudStream(_Section):
     health_timeout_s: float = Field(5.0, gt=0)
     ca_file: str | None = None
     insecure_skip_verify: bool = False
+    # HTTP(S) CONNECT proxy for REST, token and socket alike (see StreamConfig.proxy)
+    proxy: SecretStr | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> GenesysCloudStream:
         _one_of(self.client_secret, self.client_secret_env, "client_secret")
+        _check_proxy(self.proxy)
         _http_only_to_loopback(self.api_url, "api_url")
         if self.login_url is not None:
             _http_only_to_loopback(self.login_url, "login_url")
@@ -287,11 +385,14 @@ class CxoneStream(_Section):
     settle_s: float = Field(60.0, ge=0)
     ca_file: str | None = None
     insecure_skip_verify: bool = False
+    # HTTP(S) CONNECT proxy for discovery, token and polls (see StreamConfig.proxy)
+    proxy: SecretStr | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> CxoneStream:
         _one_of(self.access_key_secret, self.access_key_secret_env, "access_key_secret")
         _one_of(self.client_secret, self.client_secret_env, "client_secret")
+        _check_proxy(self.proxy)
         _http_only_to_loopback(self.discovery_url, "discovery_url")
         parts = urlsplit(self.discovery_url)
         if not parts.hostname:
@@ -352,6 +453,76 @@ class MetricsSettings(_Section):
     # None disables the HTTP endpoint; metrics are still kept in-process
     port: int | None = Field(None, ge=0, le=65535)
     host: str = "127.0.0.1"
+    # /healthz (docs/operations.md): unhealthy once the event loop ran this late (a blocked loop)
+    max_loop_lag_s: float = Field(5.0, gt=0)
+    # /readyz: Kafka is checked this often in the background (each check bounded by it too)
+    kafka_check_interval_s: float = Field(5.0, gt=0)
+    # /readyz: a stream that stopped streaming less than this ago still counts (a reconnect)
+    ready_grace_s: float = Field(15.0, ge=0)
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
+
+
+def minutes(hhmm: str) -> int:
+    """``"02:30"`` -> 150 (``"24:00"`` -> 1440, the end of a day)."""
+    hours, mins = hhmm.split(":")
+    return int(hours) * 60 + int(mins)
+
+
+class MaintenanceWindow(_Section):
+    """A ``[[maintenance]]`` window (docs/operations.md): once (``start``/``end``, UTC) or weekly
+    (``day``, ``from``, ``to``, UTC), for every stream of a ``platform`` or for ``streams``."""
+
+    platform: Platform | None = None
+    streams: tuple[str, ...] | None = None
+    start: datetime | None = None      # a TOML datetime or RFC 3339; no offset = UTC
+    end: datetime | None = None
+    day: Weekday | None = None
+    from_: str | None = Field(None, alias="from", pattern=_HHMM)
+    to: str | None = Field(None, pattern=_HHMM)
+    # inside the window a dropped stream makes one probe (a connection attempt) about this often
+    probe_interval_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _checks(self) -> MaintenanceWindow:
+        if (self.platform is None) == (self.streams is None):
+            raise key_error("platform", "give platform or streams (one of them)")
+        if self.streams is not None and not self.streams:
+            raise key_error("streams", "give at least one stream name")
+        once = (self.start, self.end) != (None, None)
+        weekly = (self.day, self.from_, self.to) != (None, None, None)
+        if once == weekly:
+            raise key_error("start", "give start and end, or day, from and to")
+        if once:
+            if self.start is None or self.end is None:
+                raise key_error("end" if self.end is None else "start", "required")
+            if self.epochs()[1] <= self.epochs()[0]:
+                raise key_error("end", "the window ends before it starts")
+        else:
+            for key, value in (("day", self.day), ("from", self.from_), ("to", self.to)):
+                if value is None:
+                    raise key_error(key, "required for a weekly window")
+            assert self.from_ is not None and self.to is not None
+            if minutes(self.to) <= minutes(self.from_):
+                raise key_error("to", "the window ends before it starts (a window across "
+                                "midnight is two windows)")
+        return self
+
+    def epochs(self) -> tuple[float, float]:
+        """A one-off window's start and end, epoch seconds (a naive datetime is UTC)."""
+        assert self.start is not None and self.end is not None
+        return _utc_epoch(self.start), _utc_epoch(self.end)
+
+    def covers(self, stream: str, platform: str) -> bool:
+        return (self.streams is not None and stream in self.streams) or \
+            self.platform == platform
+
+
+def _utc_epoch(when: datetime) -> float:
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
 
 
 class LogSettings(_Section):
@@ -368,6 +539,7 @@ class Config(_Section):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     streams: tuple[AnyStream, ...] = ()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
 
     @model_validator(mode="after")
     def _unique_stream_names(self) -> Config:
@@ -376,7 +548,16 @@ class Config(_Section):
             if stream.name in seen:
                 raise ValueError(f"stream name {stream.name!r} is used twice")
             seen.add(stream.name)
+        for i, window in enumerate(self.maintenance):
+            unknown = sorted(set(window.streams or ()) - seen)
+            if unknown:
+                raise key_error(f"maintenance[{i}].streams",
+                                f"no [[streams]] entry named {', '.join(unknown)}")
         return self
+
+    def maintenance_for(self, stream: AnyStream) -> tuple[MaintenanceWindow, ...]:
+        """The ``[[maintenance]]`` windows that cover ``stream``."""
+        return tuple(w for w in self.maintenance if w.covers(stream.name, stream.platform))
 
 
 _PLATFORM_TAGS = ("genesys", "nice", "genesys-cloud", "cxone")
@@ -419,15 +600,44 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
 
 def parse(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Validate a parsed TOML document (plus environment overrides) into a ``Config``."""
-    merged = _apply_env(_deep_copy(data), os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    merged = _apply_env(_deep_copy(data), env)
     try:
-        return Config.model_validate(merged)
+        config = Config.model_validate(merged)
     except ValidationError as err:
         first = err.errors()[0]
         loc = tuple(first["loc"])
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "platform")  # the stream's platform picks its keys: name that key
+        if first["type"] == "ccstream_key":  # a key below the failing model (key_error)
+            ctx = first.get("ctx") or {}
+            key = str(ctx["key"])
+            path = _key_path(loc)
+            joined = path + ("" if not path or key.startswith("[") else ".") + key
+            raise ConfigError(joined, str(ctx["problem"])) from None
         raise ConfigError(_key_path(loc), first["msg"]) from None
+    environment_proxies(env)  # a proxy variable that does not parse is refused at start too
+    return config
+
+
+def environment_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    """``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY`` of ``environ`` as ``{"https", "http",
+    "no_proxy"}`` (lower-case names first, as curl and urllib read them; a value without a scheme
+    is ``http://``, as curl takes it). A proxy that does not parse is a ``ConfigError`` naming
+    the variable."""
+    out: dict[str, str] = {}
+    for key in ("https_proxy", "http_proxy", "no_proxy"):
+        name = key if environ.get(key) else key.upper()
+        value = (environ.get(name) or "").strip()
+        if not value:
+            continue
+        if key != "no_proxy":
+            value = value if "://" in value else "http://" + value
+            problem = proxy_problem(value)
+            if problem is not None:
+                raise ConfigError(name, problem)
+        out[key.removesuffix("_proxy") if key != "no_proxy" else key] = value
+    return out
 
 
 def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

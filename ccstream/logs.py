@@ -13,6 +13,7 @@ URLs lose their ``access_token`` query parameter (``redact_url``). Tokens never 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -23,15 +24,26 @@ import orjson
 REDACTED = "[redacted]"
 SENSITIVE_KEYS = frozenset({
     "access_token", "refresh_token", "token", "client_secret", "secret", "password",
-    "authorization", "jwt",
+    "authorization", "jwt", "proxy_authorization", "proxy-authorization",
 })
 _SENSITIVE_QUERY = frozenset({"access_token", "refresh_token", "token", "client_secret"})
+_PASSWORD_IN_URL = re.compile(r"(://[^/\s:@]*):[^@\s/]*@")
 _FIELDS = "ccstream_fields"
 
 
+def redact_password(text: str) -> str:
+    """``text`` with the password of every URL in it cut out (``http://user:[redacted]@proxy``:
+    a proxy's credentials are secrets)."""
+    return _PASSWORD_IN_URL.sub(rf"\1:{REDACTED}@", text)
+
+
 def redact_url(url: str) -> str:
-    """The URL without the values of secret-bearing query parameters."""
-    parts = urlsplit(url)
+    """The URL without the values of secret-bearing query parameters, nor a password."""
+    url = redact_password(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL after all (or one urllib refuses): the text as redacted
+        return url
     if not parts.query:
         return url
     query = [
@@ -47,7 +59,7 @@ def redact(fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in fields.items():
         if key.lower() in SENSITIVE_KEYS:
             out[key] = REDACTED
-        elif isinstance(value, str) and "://" in value and "?" in value:
+        elif isinstance(value, str) and "://" in value and ("?" in value or "@" in value):
             out[key] = redact_url(value)
         else:
             out[key] = value

@@ -7,9 +7,14 @@ them at ``/metrics`` with aiohttp, which faust already brings.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from ccstream.probes import Probes
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -74,6 +79,19 @@ LATE_EVENTS = Counter(
 )
 STREAM_FAILED = Gauge(
     "ccstream_stream_failed", "1 when the stream stopped on a non-retriable error", ["stream"],
+    registry=REGISTRY,
+)
+STREAM_ENDPOINT = Gauge(
+    "ccstream_stream_endpoint",
+    "1 for the endpoint (region) the stream's next attempt uses, 0 for its others",
+    ["stream", "endpoint"], registry=REGISTRY,
+)
+LOOP_LAG = Gauge(
+    "ccstream_event_loop_lag_seconds", "How late the event loop's watchdog tick last ran",
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "ccstream_ready", "1 while /readyz answers ready (Kafka reachable, every stream accounted)",
     registry=REGISTRY,
 )
 LAST_EVENT_AGE = Gauge(
@@ -228,14 +246,17 @@ def render() -> bytes:
     return bytes(generate_latest(REGISTRY))
 
 
-async def serve(host: str, port: int) -> web.AppRunner:
-    """Serve ``/metrics`` until the returned runner is cleaned up."""
+async def serve(host: str, port: int, probes: Probes | None = None) -> web.AppRunner:
+    """Serve ``/metrics`` (and, given ``probes``, ``/healthz`` and ``/readyz``,
+    ``ccstream.probes``) until the returned runner is cleaned up."""
 
     async def handle(_: web.Request) -> web.Response:
         return web.Response(body=render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    if probes is not None:
+        probes.install(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

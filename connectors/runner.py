@@ -39,6 +39,7 @@ import aiohttp
 from ccstream import metrics
 from ccstream.config import AnyStream, Config
 from ccstream.logs import get_logger
+from ccstream.probes import Probes
 from ccstream.topics import contract_topics, ensure_topics
 from connectors import sources
 from connectors.kafka import cursor_store
@@ -143,8 +144,14 @@ class Runner:
             stored = ({} if self.config.cluster.enabled else await cursor_store.load(
                 self.config.kafka.bootstrap_servers, self.config.topics.cursors))
             if self.config.metrics.port is not None:
+                # /healthz and /readyz beside /metrics (docs/operations.md); in cluster mode a
+                # member owning no stream yet is ready
+                probes = Probes.for_kafka(
+                    self.config.metrics, self.config.kafka,
+                    lambda: {s.name: s.status.value for s in self.sources},
+                    allow_empty=self.config.cluster.enabled)
                 metrics_runner = await metrics.serve(self.config.metrics.host,
-                                                     self.config.metrics.port)
+                                                     self.config.metrics.port, probes)
             async with aiohttp.ClientSession() as http:
                 builder = SourceBuilder(self.config, self.sink, http, wall=self.wall,
                                         on_change=self._on_change)

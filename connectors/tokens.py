@@ -31,6 +31,7 @@ from ccstream.logs import BoundLogger, get_logger
 from connectors.policy.close_codes import retry_after_seconds
 from connectors.policy.session import CERT_ERROR
 from connectors.policy.token_expiry import Token, expires_at, jwt_exp, refresh_at
+from connectors.sources.proxy import Route, aiohttp_kwargs
 
 Clock = Callable[[], float]
 
@@ -54,7 +55,7 @@ class TokenManager:
     # ``clock`` must be the wall clock (epoch seconds): the JWT ``exp`` is compared with it
     def __init__(self, token_url: str, client_id: str, secret: str, *, buffer_s: float,
                  http: aiohttp.ClientSession, clock: Clock, log: BoundLogger | None = None,
-                 ssl: ssl_module.SSLContext | None = None) -> None:
+                 ssl: ssl_module.SSLContext | None = None, proxy: Route | None = None) -> None:
         self.token_url = token_url
         self.client_id = client_id
         # contract §1: client credentials in ``Authorization: Basic base64(id:secret)``
@@ -64,6 +65,7 @@ class TokenManager:
         self._http = http
         self._clock = clock
         self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
+        self._proxy = aiohttp_kwargs(proxy)  # the stream's proxy decision (sources.proxy)
         self._fatal: TokenError | None = None
         self.log = log or get_logger("ccstream.tokens", credential=client_id)
         self._token: Token | None = None
@@ -129,11 +131,19 @@ class TokenManager:
             # not retriable: the same certificate fails the same way on every attempt
             metrics.TOKEN_REFRESHES.labels(**labels, outcome=CERT_ERROR).inc()
             raise TokenError(self.client_id, None, CERT_ERROR, retriable=False) from None
+        except aiohttp.ClientHttpProxyError as err:
+            # the proxy refused the CONNECT (https token URL); 407 = wrong proxy credentials,
+            # which do not heal, as a proxied http request's 407 answer below
+            metrics.TOKEN_REFRESHES.labels(**labels, outcome="proxy_error").inc()
+            raise TokenError(self.client_id, err.status, "proxy_authentication_required"
+                             if err.status == 407 else "proxy_error",
+                             retriable=err.status != 407) from None
         except (aiohttp.ClientError, TimeoutError) as err:
             metrics.TOKEN_REFRESHES.labels(**labels, outcome="error").inc()
             raise TokenError(self.client_id, None, type(err).__name__, retriable=True) from None
         if status != 200 or not isinstance(body.get("access_token"), str):
-            error = str(body.get("error", "bad_response"))
+            error = str(body.get("error", "proxy_authentication_required" if status == 407
+                                 else "bad_response"))
             metrics.TOKEN_REFRESHES.labels(**labels, outcome=error).inc()
             retriable = status == 429 or status >= 500 or status == 200
             raise TokenError(self.client_id, status, error, retriable=retriable,
@@ -147,7 +157,7 @@ class TokenManager:
 
     async def _post(self, form: dict[str, str]) -> tuple[int, dict[str, Any], float]:
         async with self._http.post(self.token_url, data=form, headers=self._headers,
-                                   ssl=self._ssl) as response:
+                                   ssl=self._ssl, **self._proxy) as response:
             raw = await response.read()
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             try:

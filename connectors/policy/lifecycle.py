@@ -9,6 +9,8 @@ doing), and a unit test walks the table.
                      │              │            ▲ │
                      └──────────────┴─► OPEN ────┘ └──► STREAMING (a poll answered after backoff)
     any live state ──► STOPPED (stop requested) | FAILED (a non-retriable answer)
+    CONNECTING | STREAMING | WAITING ──► MAINTENANCE ──► CONNECTING | STREAMING
+        (dropped inside a maintenance window: probes at the window's interval, no breaker)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class SourceStatus(enum.Enum):
     STREAMING = "streaming"     # records flow
     WAITING = "waiting"         # backing off before the next attempt
     OPEN = "open"               # the breaker is open
+    MAINTENANCE = "maintenance"  # dropped inside a declared maintenance window: probing slowly
     STOPPED = "stopped"
     FAILED = "failed"           # a non-retriable error: the source's ``fatal`` says which
 
@@ -29,10 +32,13 @@ class SourceStatus(enum.Enum):
 _S = SourceStatus
 TRANSITIONS: dict[SourceStatus, frozenset[SourceStatus]] = {
     _S.STARTING: frozenset({_S.CONNECTING, _S.STOPPED, _S.FAILED}),
-    _S.CONNECTING: frozenset({_S.STREAMING, _S.WAITING, _S.OPEN, _S.STOPPED, _S.FAILED}),
-    _S.STREAMING: frozenset({_S.WAITING, _S.OPEN, _S.STOPPED, _S.FAILED}),
-    _S.WAITING: frozenset({_S.CONNECTING, _S.STREAMING, _S.OPEN, _S.STOPPED, _S.FAILED}),
+    _S.CONNECTING: frozenset({_S.STREAMING, _S.WAITING, _S.OPEN, _S.MAINTENANCE, _S.STOPPED,
+                              _S.FAILED}),
+    _S.STREAMING: frozenset({_S.WAITING, _S.OPEN, _S.MAINTENANCE, _S.STOPPED, _S.FAILED}),
+    _S.WAITING: frozenset({_S.CONNECTING, _S.STREAMING, _S.OPEN, _S.MAINTENANCE, _S.STOPPED,
+                           _S.FAILED}),
     _S.OPEN: frozenset({_S.CONNECTING, _S.STOPPED, _S.FAILED}),
+    _S.MAINTENANCE: frozenset({_S.CONNECTING, _S.STREAMING, _S.STOPPED, _S.FAILED}),
     _S.STOPPED: frozenset(),
     _S.FAILED: frozenset(),
 }

@@ -27,7 +27,8 @@ def build(stream: AnyStream, config: Config, deps: SourceDeps,
     if isinstance(stream, StreamConfig):
         from connectors.sources.websocket import WebSocketSource
 
-        return WebSocketSource(stream, config.connector, deps, stored)
+        return WebSocketSource(stream, config.connector, deps, stored,
+                               maintenance=config.maintenance_for(stream))
     if isinstance(stream, GenesysCloudStream):
         from connectors.sources.genesys_cloud import GenesysCloudSource
 

@@ -65,6 +65,7 @@ from connectors.sources.base import CursorBody, SourceDeps, SourceStatus
 from connectors.sources.cxone_auth import CxoneAuth
 from connectors.sources.cxone_caller import Caller, Got
 from connectors.sources.cxone_report import CxoneReport
+from connectors.sources.proxy import proxy_rules
 from connectors.sources.stopping import Stopping
 
 
@@ -72,7 +73,8 @@ def shared_auth(stream: CxoneStream, settings: ConnectorSettings, deps: SourceDe
     """§1: streams of one access key share one token, discovery cache and Retry-After clock."""
     def make() -> CxoneAuth:
         assert deps.http is not None, "the CXone source needs SourceDeps.http"
-        return CxoneAuth(stream, settings, deps.http, wall=deps.wall, clock=deps.clock)
+        return CxoneAuth(stream, settings, deps.http, wall=deps.wall, clock=deps.clock,
+                         proxies=proxy_rules(deps))
 
     return deps.shared.get(("cxone", stream.access_key_id), make)
 

@@ -35,6 +35,7 @@ from ccstream.logs import BoundLogger, get_logger
 from connectors.policy.holdoff import HoldOff
 from connectors.policy.token_expiry import Token, expires_at, jwt_claims, refresh_at
 from connectors.sources.http import Answer, call
+from connectors.sources.proxy import ProxyRules, Route
 
 T = TypeVar("T")
 GRANT = "password"
@@ -69,7 +70,7 @@ def tls_for(stream: CxoneStream, log: BoundLogger) -> ssl_module.SSLContext | No
 class CxoneAuth:
     def __init__(self, stream: CxoneStream, settings: ConnectorSettings,
                  http: aiohttp.ClientSession, *, wall: Callable[[], float],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], proxies: ProxyRules | None = None) -> None:
         self.access_key = stream.access_key_id
         self.discovery_url = stream.discovery_url.rstrip("/")
         self.tenant_id = stream.tenant_id
@@ -77,6 +78,8 @@ class CxoneAuth:
                               credential=stream.access_key_id)
         self.ssl: ssl_module.SSLContext | bool = tls_for(stream, self.log) or True
         self.holdoff = HoldOff()              # monotonic ``clock``
+        self._proxies = proxies or ProxyRules()
+        self._proxy = stream.proxy
         self._form = {"grant_type": GRANT, "username": stream.access_key_id,
                       "password": stream.access_secret(), "client_id": stream.client_id,
                       "client_secret": stream.secret()}
@@ -125,6 +128,10 @@ class CxoneAuth:
             self.api = None
             self._openid = None
 
+    def route(self, url: str) -> Route | None:
+        """The proxy of a request to ``url`` (the stream's, else the environment's)."""
+        return self._proxies.route(url, self._proxy)
+
     # -- the three steps ---------------------------------------------------------------------
     async def _single(self, what: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         task = self._flights.get(what)
@@ -142,7 +149,7 @@ class CxoneAuth:
             raise CxoneAuthError(self.access_key, step, None, "retry_after",
                                  retriable=True, retry_after_s=wait)
         answer = await call(self._http, method, url, timeout_s=self._timeout_s, ssl=self.ssl,
-                            **kw)
+                            proxy=self.route(url), **kw)
         if answer.status is not None and (answer.status == 429 or answer.status >= 500):
             self.holdoff.hold(self._clock(), answer.retry_after_s)
         return answer

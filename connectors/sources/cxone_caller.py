@@ -192,7 +192,7 @@ class Caller:
         answer = await host.stopping.race(call(
             host.http, "GET", base + path, params=params, timeout_s=host.settings.open_timeout_s,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            ssl=host.auth.ssl))
+            ssl=host.auth.ssl, proxy=host.auth.route(base + path)))
         if answer is None:
             return None  # stopped: the request was cancelled and its connection closed
         received = clock()

@@ -38,6 +38,7 @@ from connectors.policy.gc_topics import ChannelBudget
 from connectors.policy.holdoff import HoldOff
 from connectors.sources.base import SourceDeps, TokenSource
 from connectors.sources.http import Answer, call
+from connectors.sources.proxy import proxy_rules
 from connectors.sources.stopping import Stopping
 from connectors.tokens import TokenError, TokenManager
 
@@ -89,7 +90,8 @@ def shared_client(stream: GenesysCloudStream, settings: ConnectorSettings, deps:
         return GcClient(TokenManager(
             login + "/oauth/token", stream.client_id, stream.secret(),
             buffer_s=settings.token_safety_buffer_s, http=deps.http, clock=deps.wall, log=log,
-            ssl=context if login.startswith("https") else None))
+            ssl=context if login.startswith("https") else None,
+            proxy=proxy_rules(deps).route(login, stream.proxy)))
 
     return deps.shared.get(("genesys-cloud", host, stream.client_id), make)
 
@@ -108,6 +110,7 @@ class GcRest:
         self.api = stream.api_url.rstrip("/")
         self.timeout_s = settings.open_timeout_s
         self._ssl: ssl.SSLContext | bool = context if self.api.startswith("https") else True
+        self._proxy = proxy_rules(deps).route(self.api, stream.proxy)
         self.backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.jitter,
                                deps.rand, settings.deployment_offset_s)
 
@@ -166,7 +169,7 @@ class GcRest:
             answer = await self.stopping.race(call(
                 self.http, method, self.api + path, timeout_s=self.timeout_s,
                 headers={"Authorization": f"Bearer {token}"}, json=body, params=params,
-                ssl=self._ssl))
+                ssl=self._ssl, proxy=self._proxy))
             if answer is None:
                 raise StoppedError
             return answer, token

@@ -30,6 +30,7 @@ from connectors.policy.gc_channel import Health
 from connectors.policy.gc_records import Kind
 from connectors.policy.keepalive import Beat
 from connectors.sources.genesys_cloud_rest import StoppedError
+from connectors.sources.proxy import environment_rules
 from connectors.sources.stopping import Stopping
 from connectors.sources.wire import TypedConnection, open_connection
 
@@ -91,7 +92,7 @@ async def dial(host: SocketHost, uri: str, context: ssl.SSLContext | None
         ws = await host.stopping.race(open_connection(
             uri, max_frame_bytes=settings.max_frame_bytes,
             open_timeout_s=settings.open_timeout_s, close_timeout_s=settings.close_timeout_s,
-            context=context))
+            context=context, proxy=environment_rules().route(uri, host.stream.proxy)))
     except InvalidStatus as err:
         status = err.response.status_code
         host.log.warning("ws.handshake_rejected", status=status, cause="channel_gone"

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 
 from connectors.policy.close_codes import retry_after_seconds
+from connectors.sources.proxy import Route, aiohttp_kwargs
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class Answer:
 async def call(http: aiohttp.ClientSession, method: str, url: str, *, timeout_s: float,
                headers: dict[str, str] | None = None, json: Any = None,
                data: dict[str, str] | None = None, params: dict[str, str] | None = None,
-               ssl: ssl_module.SSLContext | bool = True) -> Answer:
-    """``method url`` bounded by ``timeout_s`` in all (connect, send, read)."""
+               ssl: ssl_module.SSLContext | bool = True, proxy: Route | None = None) -> Answer:
+    """``method url`` bounded by ``timeout_s`` in all (connect, send, read); through ``proxy``
+    (HTTP CONNECT for https, absolute-form for http) when one is given."""
     body = orjson.dumps(json) if json is not None else None
     sent = dict(headers or {})
     if body is not None:
@@ -64,7 +66,8 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, *, timeout_s:
     try:
         async with asyncio.timeout(timeout_s):
             async with http.request(method, url, headers=sent, data=body if body else data,
-                                    params=params, ssl=ssl) as response:
+                                    params=params, ssl=ssl,
+                                    **aiohttp_kwargs(proxy)) as response:
                 raw = await response.read()
                 got = {k.lower(): v for k, v in response.headers.items()}
                 status = response.status

@@ -16,17 +16,26 @@ again only once Kafka has taken what was in flight (``kafka.waiting`` / ``kafka.
 an outage costs one reconnect per stream, not one per backoff delay. Gaps (``gaps``): checked
 before each attempt (age) and on the first event of each connection (replay). Frames over the
 hard cap (1009): the next attempt reads with a raised cap (``wire``), once.
+
+Endpoints (``regions``): each attempt goes to the endpoint ``policy.failover`` chose, with that
+endpoint's token and proxy route and the stream's one resume point; on a secondary the primary is
+probed and the stream fails back (the socket closed with 1000 first, docs/operations.md).
+Maintenance windows (``policy.maintenance``): a stream that drops inside one reports
+``maintenance`` and waits for one jittered probe per interval, never counting towards its breaker
+or a failover; outside every window nothing changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from ccstream.config import ConnectorSettings, StreamConfig
-from ccstream.logs import BoundLogger, get_logger
+from ccstream.config import ConnectorSettings, MaintenanceWindow, StreamConfig
+from ccstream.logs import BoundLogger
+from ccstream.timefmt import rfc3339
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.kafka.delivery import Delivery, safe_error
 from connectors.platforms import Frame, FrameKind, adapter_for
@@ -36,7 +45,8 @@ from connectors.policy.breaker import Breaker, BreakerState
 from connectors.policy.close_codes import Action, Disposition
 from connectors.policy.gaps import Gap, GapWatch
 from connectors.policy.keepalive import KeepAlive
-from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.policy.maintenance import Calendar, Open, probe_delay
+from connectors.policy.retry import Plan, ReconnectPolicy, RetryWindow
 from connectors.policy.session import (
     TLS_HINT,
     ConnectionState,
@@ -46,6 +56,7 @@ from connectors.policy.session import (
 )
 from connectors.sources.base import CursorBody, SourceDeps, SourceStatus, TokenSource
 from connectors.sources.observer import StreamObserver
+from connectors.sources.regions import Regions
 from connectors.sources.stopping import Stopping
 from connectors.sources.wire import (
     HARD_CAP_FACTOR,
@@ -55,36 +66,23 @@ from connectors.sources.wire import (
     open_connection,
     tls_context,
 )
-from connectors.tokens import TokenError, TokenManager
-
-
-def guide_tokens(stream: StreamConfig, settings: ConnectorSettings, deps: SourceDeps
-                 ) -> TokenSource:
-    """The token manager of this stream's credential (token URL + client id), shared by every
-    stream of that credential in the process (one refresh in flight for all of them)."""
-    def make() -> TokenManager:
-        log = get_logger("ccstream.connector", stream=stream.name, platform=stream.platform)
-        assert deps.http is not None
-        return TokenManager(
-            stream.token_url, stream.client_id, stream.secret(),
-            buffer_s=settings.token_safety_buffer_s, http=deps.http, clock=deps.wall,
-            ssl=tls_context(stream, log) if stream.token_url.startswith("https") else None)
-
-    return deps.shared.get(("guide-token", stream.token_url, stream.client_id), make)
+from connectors.tokens import TokenError
 
 
 class WebSocketSource:
     """One resumable WebSocket stream of the integration guide's flavours (a ``Source``)."""
 
     def __init__(self, stream: StreamConfig, settings: ConnectorSettings, deps: SourceDeps,
-                 stored: StoredCursor | None = None, tokens: TokenSource | None = None) -> None:
+                 stored: StoredCursor | None = None, tokens: TokenSource | None = None, *,
+                 maintenance: Sequence[MaintenanceWindow] = ()) -> None:
         self.stream = stream
         self.settings = settings
         self.deps = deps
-        self.tokens = tokens if tokens is not None else guide_tokens(stream, settings, deps)
         self.adapter = adapter_for(stream.platform)
         self.observe = StreamObserver(stream.name, stream.platform)
         self.log: BoundLogger = self.observe.log
+        self.regions = Regions(stream, settings, deps, self.log, tokens)
+        self.calendar = Calendar(maintenance)
         self.policy = ReconnectPolicy(
             Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.jitter, deps.rand,
                     settings.deployment_offset_s),
@@ -113,6 +111,8 @@ class WebSocketSource:
         # attempt waits for it); the last connection closed on a frame over the hard cap
         self._kafka_down = False
         self._over_cap = False
+        self._failing_back = False  # the probe task closed this socket to fail back
+        self._prober: asyncio.Task[None] | None = None
         self.connections = 0
         wall, delivery = self.deps.wall, self.delivery
         self.observe.event_age(lambda: wall() - delivery.last_event)
@@ -120,6 +120,11 @@ class WebSocketSource:
     @property
     def name(self) -> str:
         return self.stream.name
+
+    @property
+    def tokens(self) -> TokenSource:
+        """The token source of the endpoint the next attempt uses."""
+        return self.regions.tokens
 
     @property
     def platform(self) -> str:
@@ -199,13 +204,13 @@ class WebSocketSource:
         anchor = self.progress.replay_anchor()
         resume = self.progress.rewind()
         self._report_gap(self.gaps.connecting(resume, anchor, self.deps.wall()))
-        url = self.adapter.url(self.stream.url, token, resume, self.stream.types)
+        url = self.adapter.url(self.regions.url, token, resume, self.stream.types)
         try:
             ws = await self._stopping.race(open_connection(
                 url, max_frame_bytes=self.settings.max_frame_bytes,
                 open_timeout_s=self.settings.open_timeout_s,
                 close_timeout_s=self.settings.close_timeout_s, context=self._tls,
-                cap_factor=self._next_cap()))
+                cap_factor=self._next_cap(), proxy=self.regions.route))
         except InvalidStatus as err:
             return self._rejected(err, token)
         except ssl.SSLCertVerificationError as err:
@@ -258,6 +263,7 @@ class WebSocketSource:
         clock = self.deps.clock
         keepalive = KeepAlive(self.ping_interval_s, self.settings.pong_timeout_s, clock())
         self._conn = ConnectionState()
+        self._failing_back = False
         keeper = asyncio.get_running_loop().create_task(
             drive_keepalive(ws, keepalive, clock, self._mark_dead, self.log))
         try:
@@ -283,7 +289,10 @@ class WebSocketSource:
             return await self._closed(err, token)
         finally:
             keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            prober, self._prober = self._prober, None
+            if prober is not None:
+                prober.cancel()
+            await asyncio.gather(keeper, *([prober] if prober else []), return_exceptions=True)
 
     def _on_kafka_failure(self) -> None:
         self._kafka_down = True  # the next attempt waits for Kafka first
@@ -322,6 +331,19 @@ class WebSocketSource:
         self._report_gap(self.gaps.first_event(frame.epoch))
         self.observe.first_event(breaker_closed=self.policy.event())
         self._set(SourceStatus.STREAMING)
+        if self.regions.streaming() and self._prober is None:
+            # on a secondary: probe the primary while this connection lasts
+            self._prober = asyncio.get_running_loop().create_task(
+                self.regions.probe_loop(self.adapter, self._tls, self._fail_back))
+
+    def _fail_back(self) -> None:
+        """The primary answered a probe: close this socket with 1000 first; the next attempt
+        goes to the primary (never two sockets carrying events at once)."""
+        ws = self._ws
+        if ws is not None and self._closer is None and self._conn.ending is None:
+            self._failing_back = True
+            self._closer = asyncio.get_running_loop().create_task(
+                ws.close(1000, "Failing back"))
 
     def _mark_dead(self) -> None:
         self._conn.end(Ending.DEAD)
@@ -337,6 +359,10 @@ class WebSocketSource:
             self.observe.closed(1000, None, "shutdown")
         if self._conn.ending is not None:
             return disposition
+        if self._failing_back:
+            self._failing_back = False
+            self.observe.closed(1000, "Failing back", "failback")
+            return Disposition(Action.PLANNED, "failback")
         self._over_cap = closed.over_cap
         if closed.over_cap:
             await self.delivery.dead_letter(
@@ -350,14 +376,32 @@ class WebSocketSource:
 
     # -- between attempts ------------------------------------------------------------------------
     async def _after(self, disposition: Disposition) -> None:
+        window = (None if disposition.action is Action.PLANNED
+                  else self.calendar.open_at(self.deps.wall()))
+        if window is not None:
+            await self._maintenance_wait(window, disposition)
+            return
         if disposition.action is Action.PLANNED:
             plan = self.policy.planned()
         else:
             plan = self.policy.failure(self.deps.clock(), disposition.floor_s,
                                        auth=disposition.auth)
+            self.regions.failed(breaker_opened=plan.opened, floor_s=disposition.floor_s)
         self._set(SourceStatus.OPEN if plan.opened else SourceStatus.WAITING)
         self.observe.reconnect_scheduled(disposition, plan)
         await self._stopping.sleep(plan.delay_s)
+        self.observe.backoff_over()
+
+    async def _maintenance_wait(self, window: Open, disposition: Disposition) -> None:
+        """Dropped inside a declared window: one jittered probe per interval, no breaker, no
+        failover (the platform said it would be away; docs/operations.md)."""
+        delay = max(probe_delay(window, self.deps.wall(), self.deps.rand), disposition.floor_s)
+        self._set(SourceStatus.MAINTENANCE)
+        self.log.info("maintenance.waiting", until=rfc3339(window.end), probe_in_s=round(
+            delay, 3), dropped=disposition.cause)
+        self.observe.reconnect_scheduled(Disposition(Action.RECONNECT, "maintenance"),
+                                         Plan(delay, 0, self.policy.breaker.state))
+        await self._stopping.sleep(delay)
         self.observe.backoff_over()
 
     def _report_gap(self, gap: Gap | None) -> None:

@@ -34,8 +34,9 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
 from ccstream.config import StreamConfig
-from ccstream.logs import BoundLogger
+from ccstream.logs import BoundLogger, redact_password
 from connectors.policy.keepalive import Beat, KeepAlive
+from connectors.sources.proxy import Route
 
 HARD_CAP_FACTOR = 4
 RAISED_CAP_FACTOR = 64
@@ -43,8 +44,9 @@ _TOKEN_IN_TEXT = re.compile(r"(access_token|refresh_token|token)=[^&\s'\"]+")
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the value of every token-bearing query parameter cut out."""
-    return _TOKEN_IN_TEXT.sub(r"\1=[redacted]", text)
+    """``text`` with the value of every token-bearing query parameter, and every password of a
+    URL (``http://user:password@proxy``), cut out."""
+    return redact_password(_TOKEN_IN_TEXT.sub(r"\1=[redacted]", text))
 
 
 class _RedactTokens(logging.Filter):
@@ -81,7 +83,8 @@ class TypedConnection(ClientConnection):
 
 def tls_context(stream: StreamConfig, log: BoundLogger) -> ssl.SSLContext | None:
     """Certificates are verified by default; switching it off is explicit and logged loudly."""
-    if not stream.url.startswith("wss://") and not stream.token_url.startswith("https://"):
+    urls = [u for e in stream.endpoint_list() for u in (e.url, e.token_url or "")]
+    if not any(u.startswith(("wss://", "https://")) for u in urls):
         return None
     context = ssl.create_default_context(cafile=stream.ca_file)
     if stream.insecure_skip_verify:
@@ -93,7 +96,11 @@ def tls_context(stream: StreamConfig, log: BoundLogger) -> ssl.SSLContext | None
 
 async def open_connection(url: str, *, max_frame_bytes: int, open_timeout_s: float,
                           close_timeout_s: float, context: ssl.SSLContext | None,
-                          cap_factor: int = HARD_CAP_FACTOR) -> TypedConnection:
+                          cap_factor: int = HARD_CAP_FACTOR, proxy: Route | None = None
+                          ) -> TypedConnection:
+    """One handshake; through ``proxy`` (HTTP CONNECT) when given, else direct: the proxy is
+    always passed explicitly, so websockets never picks one from the environment by its own
+    rules (``connectors.sources.proxy`` decides)."""
     kwargs: dict[str, Any] = {}
     if url.startswith("wss://") and context is not None:
         kwargs["ssl"] = context
@@ -101,10 +108,22 @@ async def open_connection(url: str, *, max_frame_bytes: int, open_timeout_s: flo
         url, create_connection=TypedConnection, ping_interval=None, ping_timeout=None,
         open_timeout=open_timeout_s, close_timeout=close_timeout_s,
         max_size=max_frame_bytes * cap_factor, max_queue=64, compression=None,
-        logger=WS_LOGGER, **kwargs,
+        logger=WS_LOGGER, proxy=proxy.url if proxy is not None else None, **kwargs,
     )
     assert isinstance(ws, TypedConnection)
     return ws
+
+
+async def probe_handshake(url: str, *, max_frame_bytes: int, open_timeout_s: float,
+                          close_timeout_s: float, context: ssl.SSLContext | None,
+                          proxy: Route | None = None) -> None:
+    """One handshake closed at once with 1000, no event read (failover probes, ``ccstream
+    check``); raises what ``open_connection`` raises. Whatever the server sent meanwhile is
+    discarded: the stream's own socket receives it."""
+    ws = await open_connection(url, max_frame_bytes=max_frame_bytes,
+                               open_timeout_s=open_timeout_s, close_timeout_s=close_timeout_s,
+                               context=context, proxy=proxy)
+    await ws.close(1000, "Probe")
 
 
 async def drive_keepalive(ws: ClientConnection, keepalive: KeepAlive, clock: Callable[[], float],
