@@ -38,6 +38,7 @@ from simulator.faults import (
     parse_fault,
     preset_schedule,
 )
+from simulator.http import listen
 from simulator.ledger import ClientStats, Ledger, OwnersTimeline
 from simulator.oauth import token_endpoint
 from simulator.settings import PLATFORM_RULES, ClientSpec, Platform, SimSettings
@@ -82,13 +83,7 @@ class Simulator:
         app.router.add_get("/_sim/ledger", self._http_ledger)
         app.router.add_get("/_sim/owners", self._http_owners)
         app.router.add_post("/_sim/faults", self._http_faults)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only here (port 0 = any free)
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
+        self._runner, self._port = await listen(app, self.settings.host, self.settings.port)
         loop = asyncio.get_running_loop()
         self._started = loop.time()
         self._tasks.append(loop.create_task(self._generate(), name="sim-generate"))

@@ -41,6 +41,7 @@ from simulator.cxone.rules import RuleBook
 from simulator.cxone.settings import CxSettings, CxTenant
 from simulator.cxone.stats import CxStats
 from simulator.cxone.tokens import Grant, TokenBook
+from simulator.http import listen
 
 K = CxFaultKind
 
@@ -98,14 +99,8 @@ class CxoneSimulator:
         app.router.add_get("/{tail:.*}", self._api.api)
         # a client that closes its connection cancels the handler: the poll is no longer in
         # flight (contract s.9), and a held answer stops waiting
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
-                                     handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only here (port 0 = any free)
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
+        self._runner, self._port = await listen(app, self.settings.host, self.settings.port,
+                                                handler_cancellation=True)
         self.tokens.issuer = self.base_url
         loop = asyncio.get_running_loop()
         self._started = loop.time()

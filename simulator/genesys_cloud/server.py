@@ -39,6 +39,7 @@ from simulator.genesys_cloud.model import new_uuid
 from simulator.genesys_cloud.settings import GcClient, GcSettings
 from simulator.genesys_cloud.stats import GcLedger, GcStats
 from simulator.genesys_cloud.streaming import REORDER_HOLD_S, Out, SocketDriver, Streaming
+from simulator.http import listen
 
 UNKNOWN_CLIENT = "(unknown)"
 
@@ -104,13 +105,7 @@ class GenesysCloudSimulator:
         add("GET", "/_sim/ledger", self._http_ledger)
         add("POST", "/_sim/faults", self._http_faults)
         add("*", "/api/{tail:.*}", partial(rest.not_found, self))
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only here (port 0 = any free)
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
+        self._runner, self._port = await listen(app, self.settings.host, self.settings.port)
         loop = asyncio.get_running_loop()
         self._started = loop.time()
         now = self.now()

@@ -1,0 +1,24 @@
+"""Serving a simulator's aiohttp app on loopback: the one place that reads the bound port.
+
+aiohttp tells which port a site bound (port 0 = any free one) only through its private
+``TCPSite._server``; every flavour listens through ``listen`` so that name is used once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+
+async def listen(app: web.Application, host: str, port: int,
+                 **runner_options: Any) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host:port``; the runner (``cleanup()`` stops it) and the bound port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound port only here
+    assert isinstance(server, asyncio.base_events.Server)
+    return runner, int(server.sockets[0].getsockname()[1])
