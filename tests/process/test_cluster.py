@@ -272,9 +272,9 @@ async def test_verdict_nothing_lost_and_cursors_never_back(
     ledger = cluster.emitted()
     await _until(lambda: cluster.lost_so_far(ledger) == 0, 60, "raw holding every event")
     verdict = compare(ledger, await read_topic(cluster.bootstrap, cluster.topics["raw"]))
-    chaos_table.append({"scenario": "cluster verdict (ledger in raw, dup in raw)", "events": verdict.emitted,
-                        "missing": verdict.missing, "duplicated": verdict.duplicated,
-                        "recovery_s": None})
+    chaos_table.append({"scenario": "cluster verdict (ledger in raw, dup in raw)",
+                        "events": verdict.emitted, "missing": verdict.missing,
+                        "duplicated": verdict.duplicated, "recovery_s": None})
     assert verdict.missing == 0 and verdict.altered == 0, verdict.to_json()
     plans = {p.name: p for p in PLANS}
     last: dict[str, tuple[float, str | None]] = {}
