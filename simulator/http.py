@@ -7,6 +7,7 @@ aiohttp tells which port a site bound (port 0 = any free one) only through its p
 from __future__ import annotations
 
 import asyncio
+from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -22,3 +23,26 @@ async def listen(app: web.Application, host: str, port: int,
     server = site._server  # aiohttp exposes the bound port only here
     assert isinstance(server, asyncio.base_events.Server)
     return runner, int(server.sockets[0].getsockname()[1])
+
+
+class LoopbackServer:
+    """What every flavour's server shares: its bound port, its base URL, ``async with`` ending
+    in ``stop()`` (each flavour's ``__aenter__`` returns its own started self)."""
+
+    settings: Any   # the flavour's settings: ``host``
+    _port: int
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self._port}"

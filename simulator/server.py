@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +37,7 @@ from simulator.faults import (
     parse_fault,
     preset_schedule,
 )
-from simulator.http import listen
+from simulator.http import LoopbackServer, listen
 from simulator.ledger import ClientStats, Ledger, OwnersTimeline
 from simulator.oauth import token_endpoint
 from simulator.settings import PLATFORM_RULES, ClientSpec, Platform, SimSettings
@@ -46,8 +45,10 @@ from simulator.stream import Stream
 from simulator.tokens import TokenBook, TokenState, peek_client
 
 
-class Simulator:
+class Simulator(LoopbackServer):
     """Both platforms on one loopback port; ``async with Simulator(settings) as sim``."""
+
+    settings: SimSettings
 
     def __init__(self, settings: SimSettings | None = None, faults: Sequence[Fault] = ()) -> None:
         self.settings = settings or SimSettings()
@@ -111,18 +112,6 @@ class Simulator:
 
     async def __aenter__(self) -> Simulator:
         return await self.start()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.settings.host}:{self._port}"
 
     @property
     def token_url(self) -> str:

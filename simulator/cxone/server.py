@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -41,13 +40,15 @@ from simulator.cxone.rules import RuleBook
 from simulator.cxone.settings import CxSettings, CxTenant
 from simulator.cxone.stats import CxStats
 from simulator.cxone.tokens import Grant, TokenBook
-from simulator.http import listen
+from simulator.http import LoopbackServer, listen
 
 K = CxFaultKind
 
 
-class CxoneSimulator:
+class CxoneSimulator(LoopbackServer):
     """NICE CXone discovery, tokens and Real-Time Data on one loopback port."""
+
+    settings: CxSettings
 
     def __init__(self, settings: CxSettings | None = None, faults: Sequence[CxFault] = ()) -> None:
         self.settings = settings or CxSettings()
@@ -126,19 +127,6 @@ class CxoneSimulator:
 
     async def __aenter__(self) -> CxoneSimulator:
         return await self.start()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """The discovery URL (and issuer, and the first api_endpoint)."""
-        return f"http://{self.settings.host}:{self._port}"
 
     @property
     def token_url(self) -> str:

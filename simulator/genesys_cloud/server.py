@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -39,13 +38,15 @@ from simulator.genesys_cloud.model import new_uuid
 from simulator.genesys_cloud.settings import GcClient, GcSettings
 from simulator.genesys_cloud.stats import GcLedger, GcStats
 from simulator.genesys_cloud.streaming import REORDER_HOLD_S, Out, SocketDriver, Streaming
-from simulator.http import listen
+from simulator.http import LoopbackServer, listen
 
 UNKNOWN_CLIENT = "(unknown)"
 
 
-class GenesysCloudSimulator:
+class GenesysCloudSimulator(LoopbackServer):
     """Login, API and streaming on one loopback port; ``async with GenesysCloudSimulator(s)``."""
+
+    settings: GcSettings
 
     def __init__(self, settings: GcSettings | None = None,
                  faults: Sequence[GcFault] = ()) -> None:
@@ -145,18 +146,6 @@ class GenesysCloudSimulator:
 
     async def __aenter__(self) -> GenesysCloudSimulator:
         return await self.start()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.settings.host}:{self._port}"
 
     def connect_uri(self, channel_id: str) -> str:
         return f"ws://{self.settings.host}:{self._port}/channels/{channel_id}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,11 +72,12 @@ def test_unknown_preset_and_bad_inline_fault_exit_2(capsys: pytest.CaptureFixtur
     assert "expected key=value" in capsys.readouterr().err
 
 
-def test_process_prints_a_toml_snippet_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """The real process prints URLs and a [[streams]] snippet, serves stats, exits 0 on SIGTERM."""
+@contextlib.contextmanager
+def _simulate(*options: str, until: str) -> Iterator[tuple[str, str]]:
+    """``ccstream simulate OPTIONS`` as a real process: what it printed up to the first line
+    holding ``until``, and its base URL; it must exit 0 on SIGTERM."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "simulate", "--port", "0", "--client",
-         "demo:pw:nice", "--rate", "100", "--faults", "chaos", "--preset-interval", "0.5"],
+        [sys.executable, "-m", "pipeline", "simulate", "--port", "0", *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -82,90 +85,53 @@ def test_process_prints_a_toml_snippet_serves_and_stops_on_sigterm(tmp_path: Pat
         assert proc.stdout is not None
         lines: list[str] = []
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any("client_secret" in x for x in lines):
+        while time.monotonic() < deadline and not any(until in x for x in lines):
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line)
         text = "".join(lines)
-        assert 'platform = "nice"' in text and 'client_id = "demo"' in text
         base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
         assert base is not None, text
-        with urllib.request.urlopen(f"{base.group(1)}/_sim/stats", timeout=5) as answer:
-            stats = json.load(answer)
-        assert "nice/demo" in stats["streams"]
+        yield text, base.group(1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_process_prints_a_toml_snippet_serves_and_stops_on_sigterm() -> None:
+    """The real process prints URLs and a [[streams]] snippet, serves stats, exits 0 on SIGTERM."""
+    with _simulate("--client", "demo:pw:nice", "--rate", "100", "--faults", "chaos",
+                   "--preset-interval", "0.5", until="client_secret") as (text, base):
+        assert 'platform = "nice"' in text and 'client_id = "demo"' in text
+        with urllib.request.urlopen(f"{base}/_sim/stats", timeout=5) as answer:
+            stats = json.load(answer)
+        assert "nice/demo" in stats["streams"]
 
 
 def test_the_cxone_flavour_serves_discovery_and_prints_its_streams() -> None:
     """`ccstream simulate --platform cxone` serves its own flavour (discovery answers) and prints
     a cxone [[streams]] block with the secrets in environment variables."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "simulate", "--platform", "cxone", "--port", "0",
-         "--duration", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any("client_secret_env" in x for x in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
+    with _simulate("--platform", "cxone", "--duration", "20",
+                   until="client_secret_env") as (text, base):
         assert 'platform = "cxone"' in text and "access_key_secret_env" in text
-        base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
-        assert base is not None, text
-        url = f"{base.group(1)}/.well-known/openid-configuration"
+        url = f"{base}/.well-known/openid-configuration"
         with urllib.request.urlopen(url, timeout=5) as answer:
             assert "token_endpoint" in json.load(answer)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_genesys_cloud_flavour_serves_the_login_and_prints_its_streams() -> None:
     """`ccstream simulate --platform genesys-cloud` serves its own flavour (its token endpoint
     refuses a wrong client) and prints a genesys-cloud [[streams]] block."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "simulate", "--platform", "genesys-cloud", "--port",
-         "0", "--duration", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(x.startswith("topics") for x in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
+    with _simulate("--platform", "genesys-cloud", "--duration", "20",
+                   until="topics") as (text, base):
         assert 'platform = "genesys-cloud"' in text and "client_secret_env" in text
-        base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
-        assert base is not None, text
-        request = urllib.request.Request(f"{base.group(1)}/oauth/token", method="POST",
+        request = urllib.request.Request(f"{base}/oauth/token", method="POST",
                                          data=b"grant_type=client_credentials",
                                          headers={"Authorization": "Basic bm9ib2R5Om5vcGU="})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 401
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
