@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ from devtools.live import (
     scrape,
     total,
 )
-from simulator import ClientSpec, SimSettings, Simulator
+from simulator import ClientSpec, Fault, SimSettings, Simulator
 
 # Platform time runs this many times faster in the demo: a NICE token (1 h) lives 60 s, a
 # Genesys token (2 h) 120 s, so a default run sees tokens expire and be refreshed.
@@ -80,6 +81,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "`ccstream kafka stop`)")
     parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="seconds allowed for the pipeline to catch up at the end")
+    parser.add_argument("--failover", action="store_true",
+                        help="give the Genesys streams a second region (a second simulator "
+                             "serving the same events) and take the first one down for a while "
+                             "a third into the run: the streams fail over, probe, fail back")
     parser.add_argument("--real-platforms", type=_platform_list, default=PLATFORMS,
                         metavar="LIST",
                         help="the real platforms' streams beside the seed ones, each with its "
@@ -133,7 +138,8 @@ def _sim_settings(args: argparse.Namespace, plans: list[StreamPlan]) -> SimSetti
 
 
 def _config_text(bootstrap: str, sim: Simulator, plans: list[StreamPlan],
-                 ports: dict[str, int], run_id: str, *, reals: list[RealPlatform]) -> str:
+                 ports: dict[str, int], run_id: str, *, reals: list[RealPlatform],
+                 region_b: Simulator | None = None) -> str:
     scale = DEMO_TIME_SCALE
     overrides: dict[str, dict[str, Any]] = {
         # the connector's clocks compressed like the platform's (token buffer 300 s -> 5 s)
@@ -145,8 +151,13 @@ def _config_text(bootstrap: str, sim: Simulator, plans: list[StreamPlan],
     }
     urls = {p: sim.stream_url(p) for p in ("genesys", "nice")}
     # ping intervals compressed too (12 s Genesys, 25 s NICE)
-    pings = {"genesys": {"ping_interval_s": 12.0 / scale},
-             "nice": {"ping_interval_s": 25.0 / scale}}
+    pings: dict[str, dict[str, Any]] = {"genesys": {"ping_interval_s": 12.0 / scale},
+                                        "nice": {"ping_interval_s": 25.0 / scale}}
+    if region_b is not None:  # the primary region first, then the second (docs/operations.md)
+        overrides["connector"].update(failover_after_attempts=3, failback_probe_interval_s=6.0)
+        pings["genesys"].update(url=None, token_url=None, endpoints=[
+            {"url": sim.stream_url("genesys"), "token_url": sim.token_url},
+            {"url": region_b.stream_url("genesys"), "token_url": region_b.token_url}])
     return pipeline_config(bootstrap, plans, urls=urls, token_url=sim.token_url,
                            prefix=f"demo.{run_id}", overrides=overrides, per_platform=pings,
                            extra_streams=[r.entry for r in reals])
@@ -237,10 +248,12 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
     run_id = f"{int(time.time())}"
     ports = {"connect": devkafka.free_port(), "dedup": devkafka.free_port()}
     async with (Simulator(_sim_settings(args, plans)) as sim,
+                _second_region(args, sim, plans) as region_b,
                 real_platforms(args.real_platforms, seed=args.seed,
                                chaos=args.faults != "none") as reals):
         config_path = report_dir / "ccstream.toml"
-        config_path.write_text(_config_text(bootstrap, sim, plans, ports, run_id, reals=reals))
+        config_path.write_text(_config_text(bootstrap, sim, plans, ports, run_id, reals=reals,
+                                            region_b=region_b))
         env = {p.secret_env: p.secret for p in plans}
         for real in reals:
             env.update(real.secrets)
@@ -261,6 +274,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
             print(f"simulator at {sim.token_url.rsplit('/', 2)[0]}; {len(plans)} seed streams; "
                   f"real platforms: {names}; faults: {args.faults}; report in {report_dir}",
                   flush=True)
+            if region_b is not None:
+                loop.call_later(args.duration / 3, _region_outage, sim, plans)
             async with aiohttp.ClientSession() as http:
                 await _watch(run, http, time.monotonic() + args.duration, "live", stop)
                 sim.stop_generating()
@@ -279,8 +294,61 @@ async def _run(args: argparse.Namespace, bootstrap: str, report_dir: Path) -> in
         judged = await _judge_reals(run, topics) if reals else {}
         clean = await read_records(bootstrap, topics["clean"])
         seeds = compare_by_platform(sim.ledger, clean)
-        return _report(run, verdict.to_json(), seeds=seeds, judged=judged, codes=code,
-                       report_dir=report_dir)
+        result = _report(run, verdict.to_json(), seeds=seeds, judged=judged, codes=code,
+                         report_dir=report_dir)
+        if region_b is not None:
+            print(_failover_summary(report_dir / "logs" / "connect.log", sim, region_b))
+        return result
+
+
+@contextlib.asynccontextmanager
+async def _second_region(args: argparse.Namespace, primary: Simulator,
+                         plans: list[StreamPlan]) -> AsyncIterator[Simulator | None]:
+    """``--failover``: a second region serving the primary's Genesys event logs (one tenant's
+    data in both regions; the ledger is the streams', so it records what either region sent),
+    with its own token endpoint, no faults and no generation of its own."""
+    if not args.failover:
+        yield None
+        return
+    genesys = [p for p in plans if p.platform == "genesys"]
+    settings = SimSettings(clients=tuple(ClientSpec(p.client_id, p.secret, platforms=("genesys",))
+                                         for p in genesys), seed=args.seed + 1, rate=0.0,
+                           time_scale=DEMO_TIME_SCALE)
+    async with Simulator(settings) as region_b:
+        region_b.stop_generating()  # it serves the primary's logs, it adds to none of them
+        for plan in genesys:
+            region_b.streams["genesys", plan.client_id] = primary.streams["genesys",
+                                                                           plan.client_id]
+        yield region_b
+
+
+def _failover_summary(log: Path, primary: Simulator, region_b: Simulator) -> str:
+    """``failover  genesys-1: A -> B -> A, ...`` from the connector's ``failover.switched``."""
+    names = {primary.stream_url("genesys"): "A", region_b.stream_url("genesys"): "B"}
+    moves: dict[str, list[str]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and doc.get("event") == "failover.switched":
+            path = moves.setdefault(str(doc.get("stream")),
+                                    [names.get(str(doc.get("source")), "?")])
+            path.append(names.get(str(doc.get("target")), "?"))
+    paths = ", ".join(f"{s}: {' -> '.join(p)}" for s, p in sorted(moves.items()))
+    return f"  failover       {paths or 'none (the streams never left region A)'}"
+
+
+def _region_outage(primary: Simulator, plans: list[StreamPlan]) -> None:
+    """The primary region goes down for a while: every Genesys socket dropped, then its next
+    handshakes answered 503 (the streams fail over after 3, and fail back when a probe of the
+    primary is answered again)."""
+    for plan in plans:
+        if plan.platform == "genesys":
+            primary.inject(Fault(kind="mass_disconnect", client=plan.client_id,
+                                 platform="genesys"))
+            primary.inject(Fault(kind="handshake_error", client=plan.client_id,
+                                 platform="genesys", status=503, retry_after=1.0, count=5))
 
 
 async def _shut_down(run: DemoRun) -> dict[str, int | None]:
