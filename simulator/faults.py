@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, Protocol
 
@@ -271,15 +271,8 @@ def preset_schedule(name: str, rng: Rng, clients: Sequence[str],
     """An endless schedule drawn from ``rng`` (seed it with the preset's name and the seed:
     the same seed gives the same faults): faults with increasing ``at_s``, mean spacing
     ``interval_s``."""
-    if name not in PRESETS:
-        raise FaultScriptError("preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    menu = PRESETS[name][0]
-    at = 0.0
-    while True:
-        at += rng.expovariate(1 / interval_s)
-        fault = rng.choice(menu)(rng)
-        client = rng.choice(list(clients)) if clients else None
-        yield replace(fault, at_s=round(at, 3), client=client)
+    return scripts.preset_schedule(PRESETS, name, rng, clients, interval_s,
+                                   error=FaultScriptError)
 
 
 def describe() -> str:

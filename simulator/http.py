@@ -7,10 +7,13 @@ aiohttp tells which port a site bound (port 0 = any free one) only through its p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from simulator.scripts import FaultScriptError
 
 
 async def listen(app: web.Application, host: str, port: int,
@@ -46,3 +49,18 @@ class LoopbackServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.settings.host}:{self._port}"
+
+
+async def inject_faults(request: web.Request, parse: Callable[[Mapping[str, Any]], Any],
+                        inject: Callable[[Any], None]) -> web.Response:
+    """``POST /_sim/faults``: a fault object or a list of them; all parsed before any is armed
+    (one bad entry: 400 with the reason, nothing injected)."""
+    try:
+        body = await request.json()
+        entries = body if isinstance(body, list) else [body]
+        faults = [parse(entry) for entry in entries]
+    except (ValueError, FaultScriptError) as err:
+        return web.json_response({"error": str(err)}, status=400)
+    for fault in faults:
+        inject(fault)
+    return web.json_response({"injected": len(faults)})

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 
@@ -124,3 +124,20 @@ def to_dict(fault: Any) -> dict[str, Any]:
         if value != f.default:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def preset_schedule(presets: Mapping[str, tuple[Sequence[Callable[[Any], Any]], str]],
+                    name: str, rng: Any, targets: Sequence[str], interval_s: float, *,
+                    error: type[FaultScriptError], target: str = "client") -> Iterator[Any]:
+    """An endless schedule from the preset ``name``, drawn from ``rng`` (seeded by the caller:
+    the same seed gives the same faults at the same times): faults with increasing ``at_s``,
+    mean spacing ``interval_s``, each aimed at one of ``targets`` (its ``target`` field)."""
+    if name not in presets:
+        raise error("preset", f"unknown preset {name!r} (known: {', '.join(presets)})")
+    menu = presets[name][0]
+    at = 0.0
+    while True:
+        at += rng.expovariate(1 / interval_s)
+        fault = rng.choice(menu)(rng)
+        aim = rng.choice(list(targets)) if targets else None
+        yield replace(fault, at_s=round(at, 3), **{target: aim})

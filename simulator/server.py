@@ -33,11 +33,10 @@ from simulator.faults import (
     CONNECTION_KINDS,
     Fault,
     FaultKind,
-    FaultScriptError,
     parse_fault,
     preset_schedule,
 )
-from simulator.http import LoopbackServer, listen
+from simulator.http import LoopbackServer, inject_faults, listen
 from simulator.ledger import ClientStats, Ledger, OwnersTimeline
 from simulator.oauth import token_endpoint
 from simulator.settings import PLATFORM_RULES, ClientSpec, Platform, SimSettings
@@ -417,15 +416,7 @@ class Simulator(LoopbackServer):
         return web.json_response(self.owners.to_json(request.query.get("stream")))
 
     async def _http_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            entries = body if isinstance(body, list) else [body]
-            faults = [parse_fault(entry) for entry in entries]
-        except (ValueError, FaultScriptError) as err:
-            return web.json_response({"error": str(err)}, status=400)
-        for fault in faults:
-            self.inject(fault)
-        return web.json_response({"injected": len(faults)})
+        return await inject_faults(request, parse_fault, self.inject)
 
 
 def _peer(request: web.Request) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
@@ -234,15 +234,8 @@ PRESETS: dict[str, tuple[Menu, str]] = {
 def preset_schedule(name: str, rng: Rng, access_keys: Sequence[str],
                     interval_s: float) -> Iterator[CxFault]:
     """An endless seeded schedule: faults with increasing ``at_s``, mean spacing ``interval_s``."""
-    if name not in PRESETS:
-        raise CxFaultError("preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    menu = PRESETS[name][0]
-    at = 0.0
-    while True:
-        at += rng.expovariate(1 / interval_s)
-        fault = rng.choice(menu)(rng)
-        key = rng.choice(list(access_keys)) if access_keys else None
-        yield replace(fault, at_s=round(at, 3), access_key=key)
+    return scripts.preset_schedule(PRESETS, name, rng, access_keys, interval_s,
+                                   error=CxFaultError, target="access_key")
 
 
 def describe() -> str:

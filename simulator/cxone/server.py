@@ -28,7 +28,6 @@ from simulator.cxone.board import CxBoard
 from simulator.cxone.faults import (
     IMMEDIATE,
     CxFault,
-    CxFaultError,
     CxFaultKind,
     parse_fault,
     preset_schedule,
@@ -40,7 +39,7 @@ from simulator.cxone.rules import RuleBook
 from simulator.cxone.settings import CxSettings, CxTenant
 from simulator.cxone.stats import CxStats
 from simulator.cxone.tokens import Grant, TokenBook
-from simulator.http import LoopbackServer, listen
+from simulator.http import LoopbackServer, inject_faults, listen
 
 K = CxFaultKind
 
@@ -317,15 +316,7 @@ class CxoneSimulator(LoopbackServer):
             query.get("access_key"), query.get("rows", "0") not in ("0", "false"), min_s))
 
     async def _http_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            entries = body if isinstance(body, list) else [body]
-            faults = [parse_fault(entry) for entry in entries]
-        except (ValueError, CxFaultError) as err:
-            return web.json_response({"error": str(err)}, status=400)
-        for fault in faults:
-            self.inject(fault)
-        return web.json_response({"injected": len(faults)})
+        return await inject_faults(request, parse_fault, self.inject)
 
 
 def _next_area(area: str, taken: Any) -> str:

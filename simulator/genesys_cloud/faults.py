@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from simulator import scripts
@@ -248,15 +248,8 @@ def preset_schedule(name: str, rng: Rng, clients: Sequence[str],
     """An endless schedule: faults with increasing ``at_s``, mean spacing ``interval_s``. Seed
     ``rng`` with the preset name and the simulator's seed (``random.Random(f"gc:{name}:{seed}")``)
     and the same seed gives the same faults at the same times."""
-    if name not in PRESETS:
-        raise GcFaultError("preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    menu = PRESETS[name][0]
-    at = 0.0
-    while True:
-        at += rng.expovariate(1 / interval_s)
-        fault = rng.choice(menu)(rng)
-        client = rng.choice(list(clients)) if clients else None
-        yield replace(fault, at_s=round(at, 3), client=client)
+    return scripts.preset_schedule(PRESETS, name, rng, clients, interval_s,
+                                   error=GcFaultError)
 
 
 def describe() -> str:

@@ -32,13 +32,13 @@ from simulator.genesys_cloud.channels import (
     ChannelBoard,
 )
 from simulator.genesys_cloud.coverage import Coverage
-from simulator.genesys_cloud.faults import GcFault, GcFaultError, parse_fault, preset_schedule
+from simulator.genesys_cloud.faults import GcFault, parse_fault, preset_schedule
 from simulator.genesys_cloud.generator import Generator, Notification, Org
 from simulator.genesys_cloud.model import new_uuid
 from simulator.genesys_cloud.settings import GcClient, GcSettings
 from simulator.genesys_cloud.stats import GcLedger, GcStats
 from simulator.genesys_cloud.streaming import REORDER_HOLD_S, Out, SocketDriver, Streaming
-from simulator.http import LoopbackServer, listen
+from simulator.http import LoopbackServer, inject_faults, listen
 
 UNKNOWN_CLIENT = "(unknown)"
 
@@ -370,13 +370,5 @@ class GenesysCloudSimulator(LoopbackServer):
             query.get("client"), flag("notifications"), flag("activity")))
 
     async def _http_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            entries = body if isinstance(body, list) else [body]
-            faults = [parse_fault(entry) for entry in entries]
-        except (ValueError, GcFaultError) as err:
-            return web.json_response({"error": str(err)}, status=400)
-        for fault in faults:
-            self.inject(fault)
-        return web.json_response({"injected": len(faults)})
+        return await inject_faults(request, parse_fault, self.inject)
 
