@@ -2,8 +2,9 @@
 
 One line per stream of the configuration: name, platform, the resume point (`since=` or
 `cursor=` for the guide's flavours; `watermark=` and `open_gaps=` for Genesys Cloud; each
-endpoint's `lastPollTime` and `open_gaps=` for CXone) and when it was committed; streams
-without a cursor say so. Streams found in the topic but not in the configuration are listed too,
+endpoint's `lastPollTime` and `open_gaps=` for CXone), when it was committed and, in cluster
+mode, by which instance (`owner=`, the client id `ccstream owners` shows); streams without a
+cursor say so. Streams found in the topic but not in the configuration are listed too,
 marked as such.
 """
 
@@ -38,9 +39,14 @@ def render(config: Config, stored: dict[str, cursor_store.StoredCursor]) -> list
             lines.append(f"{stream.name}\t{stream.platform}\t(no cursor committed)")
         else:
             lines.append(f"{stream.name}\t{cursor.platform}\t{cursor.describe()}"
-                         f"\tupdated_at={cursor.updated_at}")
+                         f"\tupdated_at={cursor.updated_at}{_owner(cursor)}")
     for name in sorted(set(stored) - known):
         cursor = stored[name]
         lines.append(f"{name}\t{cursor.platform}\t{cursor.describe()}"
-                     f"\tupdated_at={cursor.updated_at}\t(not in the configuration)")
+                     f"\tupdated_at={cursor.updated_at}{_owner(cursor)}"
+                     "\t(not in the configuration)")
     return lines
+
+
+def _owner(cursor: cursor_store.StoredCursor) -> str:
+    return f"\towner={cursor.owner}" if cursor.owner else ""

@@ -94,8 +94,9 @@ def test_cursors_command_lists_every_stream() -> None:
         {"name": "n", "platform": "nice", "url": "wss://h/e", "token_url": "https://h/t",
          "client_id": "c", "client_secret": "s"}])
     stored = {"g": cursor_store.StoredCursor("genesys", {"since": "2024-01-15T10:30:00.000Z"}, "u"),
-              "old": cursor_store.StoredCursor("nice", {"cursor": "K"}, "u")}
+              "old": cursor_store.StoredCursor("nice", {"cursor": "K"}, "u", owner="host-2")}
     lines = render(config, stored)
-    assert lines[0].startswith("g\tgenesys\tsince=2024-01-15T10:30:00.000Z")
+    assert lines[0] == "g\tgenesys\tsince=2024-01-15T10:30:00.000Z\tupdated_at=u"
     assert lines[1] == "n\tnice\t(no cursor committed)"
-    assert lines[2].endswith("(not in the configuration)")
+    # cluster mode: the instance that committed it
+    assert lines[2] == "old\tnice\tcursor=K\tupdated_at=u\towner=host-2\t(not in the configuration)"
