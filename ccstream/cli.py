@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "demo": "the main job on embedded defaults, with a report",
     "cursors": "show each stream's committed cursor",
     "owners": "cluster mode: slot -> instance -> streams",
+    "cluster": "cluster mode: fence every slot's transactional id (slot count changes)",
     "replay": "reprocess raw events from TIME into clean",
     "check": "pre-flight: config, Kafka and topics, credentials, endpoints; writes nothing",
     "kafka": "start, stop or inspect the local Apache Kafka broker",

@@ -42,6 +42,7 @@ from connectors.policy.slot_states import (
     commits_on_release,
     transition,
 )
+from connectors.policy.slots import transactional_id
 from connectors.sources.base import CursorBody, Sink, Source, SourceStatus
 
 if TYPE_CHECKING:  # the runner imports this package lazily: no cycle at import time
@@ -359,7 +360,7 @@ class Slot:
             self.log.debug("slot.producer_stop_failed", error=safe_error(err))
 
     def _tid(self) -> str:
-        return f"{self.cluster.group_id}.slot-{self.number}"
+        return transactional_id(self.cluster.group_id, self.number)
 
     def _new_producer(self) -> AIOKafkaProducer:
         kafka = self.ctx.config.kafka

@@ -197,8 +197,8 @@ class ClusterSupervisor:
         if note.get("error") == SLOT_COUNT_CHANGED:
             self._abrupt = True
             self.fail(f"topics.slots: the partition count of {self.topic} changed under the "
-                      f"running group (was {self.count}); every instance stops: restart them "
-                      f"all once every slot's transactional id is fenced")
+                      f"running group (was {self.count}); every instance stops: once all are "
+                      f"stopped, `ccstream cluster fence` the old count, then start them")
             return
         if note.get("mismatched"):
             self.log.warning("cluster.config_mismatch", member=self.instance,

@@ -73,6 +73,12 @@ def slot_of(name: str, slots: int) -> int:
     return (murmur2(name.encode()) & 0x7FFFFFFF) % slots
 
 
+def transactional_id(group_id: str, slot: int) -> str:
+    """The transactional id of ``slot``: whoever starts a producer with it fences the previous
+    holder (the slot's cursors are committed in its transactions)."""
+    return f"{group_id}.slot-{slot}"
+
+
 def weights(names: Iterable[str], slots: int) -> dict[int, int]:
     """Streams per slot (slots without a stream are absent)."""
     return dict(Counter(slot_of(name, slots) for name in names))

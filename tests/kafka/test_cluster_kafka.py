@@ -136,6 +136,54 @@ async def test_the_cursor_topic_is_created_to_be_compacted_and_the_slot_topic_si
     assert "x" not in {s.name for s in contract_topics(plain)}
 
 
+
+async def test_cluster_fence_aborts_an_old_slot_ids_transaction_and_refuses_a_live_group(
+        bootstrap: str, topic_prefix: str) -> None:
+    """``ccstream cluster fence``: with no member in the group, every slot's id is fenced, so a
+    forgotten holder's open cursor transaction is aborted (never read read_committed) and its
+    commit fails; with a member in the group it refuses unless forced; without a slot topic
+    it needs --slots."""
+    from aiokafka import AIOKafkaConsumer
+
+    from ccstream.commands.cluster import fence
+
+    config = cluster_config(bootstrap, topic_prefix, [], slots=4)
+    lines, status = await fence(config, None)
+    assert status == 1 and "--slots" in lines[0]
+    await ensure_topics(bootstrap, contract_topics(config))
+    topic = config.topics.cursors
+    zombie = txn_producer(bootstrap, f"{config.cluster.group_id}.slot-2")
+    await zombie.start()
+    try:
+        await zombie.begin_transaction()
+        await zombie.send(topic, key=b"s", value=cursor_store.encode(
+            "nice", {"cursor": "Z"}, 1.0, "zombie"))
+        lines, status = await fence(config, None)
+        assert status == 0, lines
+        assert lines[-1].endswith("4 of 4 slots fenced")
+        assert f"{config.cluster.group_id}.slot-2\tfenced" in lines[2]
+        with pytest.raises(ProducerFenced):
+            await asyncio.wait_for(zombie.commit_transaction(), 10)
+    finally:
+        await zombie.stop()
+    assert "s" not in await cursor_store.load(bootstrap, topic)
+    member = AIOKafkaConsumer(config.topics.slots, bootstrap_servers=bootstrap,
+                              group_id=config.cluster.group_id, client_id="still-running",
+                              session_timeout_ms=6000, heartbeat_interval_ms=500)
+    await member.start()
+    try:
+        async def joined() -> bool:
+            await member.getmany(timeout_ms=100)
+            return bool(member.assignment())
+
+        await until(joined, 30)
+        lines, status = await fence(config, 2)
+        assert status == 1 and "still-running" in lines[0] and "--force" in lines[0]
+        lines, status = await fence(config, 2, force=True)
+        assert status == 0 and lines[-1].endswith("2 of 2 slots fenced")
+    finally:
+        await member.stop()
+
 # -- two instances in this process --------------------------------------------------------------
 def _streams(sim: Simulator, names: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return [sim_stream(sim, name, platform, name) for name, platform in names]
