@@ -16,18 +16,22 @@ Both are measured the same way from outside: the sum of the raw topic's end offs
 50 ms; throughput = events / (time the last arrived - time the first arrived); CPU per event =
 the client process's CPU seconds (``/proc``) over that same span / events. Rounds alternate
 bare/connector so that drifting load hits both. ``--profile`` adds one connector round under
-pyinstrument and prints the top frames (``pip install pyinstrument`` into .venv; not a project
-dependency).
+pyinstrument and prints the top frames; ``--spy`` adds one under py-spy (sampling from outside,
+so Python calls are not inflated the way pyinstrument's hook inflates them) and prints its
+summary (``pip install pyinstrument py-spy`` into .venv; not project dependencies). Profiled
+rounds are not among the measured ones.
 
     .venv/bin/python bench/bench_ingest.py [--events 100000] [--streams 1] [--rounds 2]
-        [--profile]
+        [--profile] [--spy]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -198,11 +202,17 @@ def run_round(kind: str, args: argparse.Namespace, bootstrap: str, port: int, si
                     "-o", str(args.profile_out), "-m", "pipeline", "connect",
                     "--config", str(path)]
     child = children.start(kind, argv, h.log_dir("ingest", clear=False) / f"{prefix}.log")
+    spy = (h.start_py_spy(children, child.pid, args.timeout, args.spy_out)
+           if kind == "spy" else None)
     try:
         seconds, cpu, sim_cpu, events = asyncio.run(
             measure(bootstrap, f"{prefix}.raw", expected, child, sim_pid, args.timeout))
     finally:
         child.stop()
+        if spy is not None:  # py-spy writes its file once the process it samples has exited
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.popen.wait(30)
+            spy.stop()
     if events < expected * 0.99:
         print(f"  warning: {kind} delivered {events} of {expected} in the window")
     return Round(kind, events, seconds, cpu, sim_cpu)
@@ -252,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-out", type=Path,
                         default=Path(__file__).parent / "results" / "ingest_profile.txt")
+    parser.add_argument("--spy", action="store_true")
+    parser.add_argument("--spy-out", type=Path,
+                        default=Path(__file__).parent / "results" / "ingest_pyspy.txt")
     # bare-role options (the driver starts this file again with --role bare)
     parser.add_argument("--role", choices=("driver", "bare"), default="driver")
     parser.add_argument("--bootstrap")
@@ -281,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile_out.parent.mkdir(exist_ok=True)
                 run_round("profile", args, bootstrap, port, sim.pid, work, len(kinds), children)
                 print(f"profile of one connector round: {args.profile_out}")
+            if args.spy:
+                args.spy_out.parent.mkdir(exist_ok=True)
+                run_round("spy", args, bootstrap, port, sim.pid, work, len(kinds) + 1,
+                          children)
+                print(f"py-spy of one connector round: {args.spy_out}")
+                print(h.summarize_collapsed(args.spy_out, top=25))
         finally:
             children.stop_all()
     report(rounds, args)

@@ -28,13 +28,17 @@ from connectors.platforms import Frame
 
 DeliveryFuture = asyncio.Future[Any]
 
-# Hot-path caches (bench/bench_ingest.py profiles the connector at ~2.4x the CPU of a bare
-# receive->send loop; these are the cheap parts of it):
+# Hot-path caches (bench/bench_ingest.py measures the connector against a bare
+# receive->send loop; these are the cheap parts of what it costs more):
 # a record's size is bounded without the exact estimate unless it is near the limit
 _RECORD_OVERHEAD_BOUND = 128  # batch-independent record framing + varints, generously
 _HEADER_OVERHEAD_BOUND = 16
 # partitions of correlation ids already seen (aiokafka's murmur2 is pure Python)
 _PARTITION_CACHE_MAX = 200_000
+# a header's share of that bound, less its value's length
+_HEADER_BOUND = {name: len(name) + _HEADER_OVERHEAD_BOUND for name in (
+    records.H_DEDUP_KEY, records.H_RECEIVED_AT, records.H_CURSOR, records.H_SOURCE,
+    records.H_GAP)}
 
 
 class KafkaSink:
@@ -53,6 +57,7 @@ class KafkaSink:
         self._producer: AIOKafkaProducer | None = None
         self._raw_partitions = 0
         self._partition_of: dict[bytes, int] = {}
+        self._headers_of: dict[tuple[str, str], tuple[Headers, int]] = {}
         self._received_at: tuple[int, bytes] = (-1, b"")
 
     @property
@@ -95,25 +100,54 @@ class KafkaSink:
 
     async def send_event(self, stream: str, platform: str, frame: Frame,
                          received_at: float) -> DeliveryFuture:
-        headers: Headers = [
-            (records.H_STREAM, stream.encode()),
-            (records.H_PLATFORM, platform.encode()),
-            (records.H_DEDUP_KEY, frame.dedup_key.encode()),
-            (records.H_RECEIVED_AT, self._rfc3339(received_at)),
-        ]
-        if frame.cursor is not None:
-            headers.append((records.H_CURSOR, frame.cursor.encode()))
-        if frame.origin is not None:
-            headers.append((records.H_SOURCE, frame.origin.encode()))
-            if frame.gap is not None:
-                headers.append((records.H_GAP, frame.gap.encode()))
+        prefix, bound = self._stream_headers(stream, platform)
+        dedup = frame.dedup_key.encode()
+        received = self._rfc3339(received_at)
+        headers: Headers = [*prefix, (records.H_DEDUP_KEY, dedup),
+                            (records.H_RECEIVED_AT, received)]
         key = frame.correlation_id.encode()
-        self._check_size(key, frame.raw, headers)
+        raw = frame.raw
+        # the cheap size bound of ``_check_size``: the fixed headers' share is precomputed
+        bound += len(key) + len(raw) + len(dedup) + len(received)
+        if frame.cursor is not None:
+            value = frame.cursor.encode()
+            headers.append((records.H_CURSOR, value))
+            bound += _HEADER_BOUND[records.H_CURSOR] + len(value)
+        if frame.origin is not None:
+            value = frame.origin.encode()
+            headers.append((records.H_SOURCE, value))
+            bound += _HEADER_BOUND[records.H_SOURCE] + len(value)
+            if frame.gap is not None:
+                value = frame.gap.encode()
+                headers.append((records.H_GAP, value))
+                bound += _HEADER_BOUND[records.H_GAP] + len(value)
+        if bound > self.raw_limit:
+            self._check_size(key, raw, headers)
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = await self._partition(key)
         future: DeliveryFuture = await self.producer.send(
-            self.topics.raw, value=frame.raw, key=key, headers=headers,
-            partition=await self._partition(key),
+            self.topics.raw, value=raw, key=key, headers=headers, partition=partition,
         )
         return future
+
+    def lane_of(self, frame: Frame) -> int:
+        """The raw partition ``send_event`` just sent ``frame`` to (``Delivery`` settles the
+        records of each partition in order, one done-callback per batch)."""
+        return self._partition_of.get(frame.correlation_id.encode(), -1)
+
+    def _stream_headers(self, stream: str, platform: str) -> tuple[Headers, int]:
+        """The headers every record of ``stream`` carries, and the part of the size bound that
+        does not depend on the record (built once per stream)."""
+        cached = self._headers_of.get((stream, platform))
+        if cached is None:
+            prefix: Headers = [(records.H_STREAM, stream.encode()),
+                               (records.H_PLATFORM, platform.encode())]
+            bound = (_RECORD_OVERHEAD_BOUND + sum(len(k) + len(v) + _HEADER_OVERHEAD_BOUND
+                                                  for k, v in prefix)
+                     + _HEADER_BOUND[records.H_DEDUP_KEY] + _HEADER_BOUND[records.H_RECEIVED_AT])
+            cached = self._headers_of[(stream, platform)] = (prefix, bound)
+        return cached
 
     def _check_size(self, key: bytes, value: bytes, headers: Headers) -> None:
         bound = (len(key) + len(value) + _RECORD_OVERHEAD_BOUND

@@ -266,24 +266,25 @@ class WebSocketSource:
         self._failing_back = False
         keeper = asyncio.get_running_loop().create_task(
             drive_keepalive(ws, keepalive, clock, self._mark_dead, self.log))
+        # the per-frame path, looked up once per connection (it runs for every event)
+        parse, max_bytes = self.adapter.parse, self.settings.max_frame_bytes
+        delivery, conn, recv = self.delivery, self._conn, ws.recv_typed
         try:
             while True:
-                data, binary = await ws.recv_typed()
+                data, binary = await recv()
                 keepalive.inbound(clock())
-                frame = self.adapter.parse(data, binary, self.settings.max_frame_bytes)
-                if frame.kind is FrameKind.CLOSING:
-                    self.log.info("ws.closing_notice")
-                    # the close frame goes out now; its handshake may queue behind frames the
-                    # server still sends, so it finishes in the background while we reconnect
-                    self._closer = asyncio.get_running_loop().create_task(
-                        ws.close(1000, "Planned reconnect"))
-                    self._retiring.add(self._closer)
-                    self._closer.add_done_callback(self._retiring.discard)
-                    return close_codes.closing_notice()
-                if frame.kind is FrameKind.EVENT and not self._conn.first_event_seen:
-                    self._on_first_event(frame)
-                await self.delivery.handle(frame)
-                if self._conn.ended(Ending.KAFKA_FAILED):  # what follows could not be delivered
+                frame = parse(data, binary, max_bytes)
+                kind = frame.kind
+                if kind is FrameKind.EVENT:
+                    if not conn.first_event_seen:
+                        self._on_first_event(frame)
+                    await delivery.event(frame)
+                elif kind is FrameKind.CLOSING:
+                    return self._closing_notice(ws)
+                else:
+                    await delivery.handle(frame)
+                # what follows could not be delivered
+                if conn.endings and conn.ended(Ending.KAFKA_FAILED):
                     return close_codes.kafka_error()
         except ConnectionClosed as err:
             return await self._closed(err, token)
@@ -293,6 +294,15 @@ class WebSocketSource:
             if prober is not None:
                 prober.cancel()
             await asyncio.gather(keeper, *([prober] if prober else []), return_exceptions=True)
+
+    def _closing_notice(self, ws: TypedConnection) -> Disposition:
+        self.log.info("ws.closing_notice")
+        # the close frame goes out now; its handshake may queue behind frames the server still
+        # sends, so it finishes in the background while we reconnect
+        self._closer = asyncio.get_running_loop().create_task(ws.close(1000, "Planned reconnect"))
+        self._retiring.add(self._closer)
+        self._closer.add_done_callback(self._retiring.discard)
+        return close_codes.closing_notice()
 
     def _on_kafka_failure(self) -> None:
         self._kafka_down = True  # the next attempt waits for Kafka first

@@ -63,6 +63,10 @@ WS_LOGGER = logging.getLogger("ccstream.websockets")
 WS_LOGGER.addFilter(_RedactTokens())
 
 
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
+_process_event = ClientConnection.process_event
+
+
 class TypedConnection(ClientConnection):
     """A client connection that remembers, per message, whether it was a binary frame."""
 
@@ -71,9 +75,14 @@ class TypedConnection(ClientConnection):
         self.binary: deque[bool] = deque()
 
     def process_event(self, event: Any) -> None:
-        if isinstance(event, WsFrame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
-            self.binary.append(event.opcode is Opcode.BINARY)
-        super().process_event(event)
+        # once per frame: kept to a type check and two identity tests
+        if isinstance(event, WsFrame):
+            opcode = event.opcode
+            if opcode is _TEXT:
+                self.binary.append(False)
+            elif opcode is _BINARY:
+                self.binary.append(True)
+        _process_event(self, event)
 
     async def recv_typed(self) -> tuple[bytes, bool]:
         """The next message's bytes, undecoded, and whether it was binary."""
