@@ -85,6 +85,18 @@ def stream_params(token: str, resume_key: str, resume: str | None,
     return params
 
 
+def event_frame(raw: bytes, correlation_id: str, dedup_key: str, cursor: str | None,
+                epoch: float | None) -> Frame:
+    """``Frame(FrameKind.EVENT, raw, correlation_id=..., dedup_key=..., cursor=..., epoch=...)``,
+    built for the per-event path: a frozen dataclass's ``__init__`` sets each of its ten fields
+    through ``object.__setattr__``; this sets the five an event has in one update of the
+    instance dict (the others are the class's defaults). Equal to the constructor's frame."""
+    frame = object.__new__(Frame)
+    frame.__dict__.update(kind=FrameKind.EVENT, raw=raw, correlation_id=correlation_id,
+                          dedup_key=dedup_key, cursor=cursor, epoch=epoch)
+    return frame
+
+
 def bad(raw: bytes, reason: str, binary: bool = False) -> Frame:
     return Frame(FrameKind.BAD, raw, binary=binary, reason=reason)
 
@@ -115,6 +127,19 @@ def decode(raw: bytes, binary: bool, max_bytes: int) -> dict[str, Any] | Frame: 
     if event_type == CLOSING:
         return Frame(FrameKind.CLOSING, raw)
     return doc
+
+
+def key_fields(doc: dict[str, Any], keys: Sequence[str]) -> list[str] | str:
+    """The values of the key fields ``keys`` (all non-empty strings), or the name of the first
+    one that is not (``missing_key``)."""
+    values = [doc.get(key) for key in keys]
+    for value in values:
+        if value.__class__ is not str or not value:
+            missing = missing_key(doc, keys)  # the rare path: say which, by the one rule
+            if missing is not None:
+                return missing
+            break
+    return values  # type: ignore[return-value]  # checked above: every one a non-empty str
 
 
 def missing_key(doc: dict[str, Any], keys: Sequence[str]) -> str | None:

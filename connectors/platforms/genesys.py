@@ -13,10 +13,10 @@ from ccstream.records import dedup_key
 from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.platforms import (
     Frame,
-    FrameKind,
     bad,
     decode,
-    missing_key,
+    event_frame,
+    key_fields,
     stream_params,
     with_query,
 )
@@ -42,17 +42,15 @@ class Genesys:
         doc = decode(raw, binary, max_bytes)
         if isinstance(doc, Frame):
             return doc
-        missing = missing_key(doc, KEYS)
-        if missing is not None:
-            return bad(raw, f"missing_{missing}")
-        epoch = parse_timestamp(doc["timestamp"])
+        fields = key_fields(doc, KEYS)
+        if isinstance(fields, str):
+            return bad(raw, f"missing_{fields}")
+        event_type, correlation_id, timestamp = fields
+        epoch = parse_timestamp(timestamp)
         if epoch is None:
             return bad(raw, "bad_timestamp")
-        return Frame(
-            FrameKind.EVENT, raw, correlation_id=doc["correlationId"],
-            dedup_key=dedup_key(doc["eventType"], doc["correlationId"], doc["timestamp"]),
-            epoch=epoch,
-        )
+        return event_frame(raw, correlation_id, dedup_key(event_type, correlation_id, timestamp),
+                           None, epoch)
 
     def progress(self, resume: str | None, lateness_s: float) -> Progress:
         floor = parse_timestamp(resume) if resume else None

@@ -14,10 +14,10 @@ from ccstream.records import dedup_key
 from ccstream.timefmt import parse_rfc3339 as parse_timestamp
 from connectors.platforms import (
     Frame,
-    FrameKind,
     bad,
     decode,
-    missing_key,
+    event_frame,
+    key_fields,
     stream_params,
     with_query,
 )
@@ -43,16 +43,15 @@ class Nice:
         doc = decode(raw, binary, max_bytes)
         if isinstance(doc, Frame):
             return doc
-        missing = missing_key(doc, KEYS)
-        if missing is not None:
-            return bad(raw, f"missing_{missing}")
-        return Frame(
-            FrameKind.EVENT, raw, correlation_id=doc["correlationId"],
-            dedup_key=dedup_key(doc["eventType"], doc["correlationId"], doc["timestamp"]),
-            cursor=doc["cursor"],
+        fields = key_fields(doc, KEYS)
+        if isinstance(fields, str):
+            return bad(raw, f"missing_{fields}")
+        event_type, correlation_id, timestamp, cursor = fields
+        return event_frame(
+            raw, correlation_id, dedup_key(event_type, correlation_id, timestamp), cursor,
             # only for gap detection (connectors/policy/gaps.py): the cursor is the resume point, so
             # an unreadable timestamp is not bad input here
-            epoch=parse_timestamp(doc["timestamp"]),
+            parse_timestamp(timestamp),
         )
 
     def progress(self, resume: str | None, lateness_s: float) -> Progress:
