@@ -13,11 +13,12 @@ when the buffer is full is the back-pressure on the WebSocket reader).
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, RecordTooLargeError
-from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ccstream import records
@@ -39,6 +40,27 @@ _PARTITION_CACHE_MAX = 200_000
 _HEADER_BOUND = {name: len(name) + _HEADER_OVERHEAD_BOUND for name in (
     records.H_DEDUP_KEY, records.H_RECEIVED_AT, records.H_CURSOR, records.H_SOURCE,
     records.H_GAP)}
+
+_WORD = struct.Struct("<I")
+_M = 0x5BD1E995
+
+
+def murmur2(data: bytes) -> int:
+    """``aiokafka.partitioner.murmur2`` (the Java client's ``Utils.murmur2``), equal on every
+    input and about twice as fast: the 4-byte words are read by ``struct``, not byte by byte
+    (it runs for every correlation id not seen yet)."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    end = length & ~3
+    for (word,) in _WORD.iter_unpack(data[:end]):
+        k = (word * _M) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+    if end != length:  # the last 1-3 bytes, little-endian
+        h = ((h ^ int.from_bytes(data[end:], "little")) * _M) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _M) & 0xFFFFFFFF
+    return h ^ (h >> 15)
 
 
 class KafkaSink:
@@ -98,8 +120,11 @@ class KafkaSink:
     async def flush(self) -> None:
         await self.producer.flush()
 
-    async def send_event(self, stream: str, platform: str, frame: Frame,
-                         received_at: float) -> DeliveryFuture:
+    def send_event(self, stream: str, platform: str, frame: Frame,
+                   received_at: float) -> Coroutine[Any, Any, DeliveryFuture]:
+        """The awaitable of the record's send (``Sink.send_event``). Not a coroutine itself: it
+        returns the producer's ``send()``, one coroutine fewer per event; a record refused
+        here (``RecordTooLargeError``) is refused when this is called."""
         prefix, bound = self._stream_headers(stream, platform)
         dedup = frame.dedup_key.encode()
         received = self._rfc3339(received_at)
@@ -125,10 +150,17 @@ class KafkaSink:
             self._check_size(key, raw, headers)
         partition = self._partition_of.get(key)
         if partition is None:
-            partition = await self._partition(key)
+            if not self._raw_partitions:  # the first event: the partition count is not known
+                return self._send_first(key, raw, headers)
+            partition = self._partition_for(key)
+        return self.producer.send(  # type: ignore[no-any-return]  # aiokafka is untyped
+            self.topics.raw, value=raw, key=key, headers=headers, partition=partition)
+
+    async def _send_first(self, key: bytes, raw: bytes, headers: Headers) -> DeliveryFuture:
+        self._raw_partitions = len(await self.producer.partitions_for(self.topics.raw))
         future: DeliveryFuture = await self.producer.send(
-            self.topics.raw, value=raw, key=key, headers=headers, partition=partition,
-        )
+            self.topics.raw, value=raw, key=key, headers=headers,
+            partition=self._partition_for(key))
         return future
 
     def lane_of(self, frame: Frame) -> int:
@@ -158,11 +190,9 @@ class KafkaSink:
         if size > self.raw_limit:
             raise RecordTooLargeError(f"{size} bytes > {self.raw_limit} (the raw topic's limit)")
 
-    async def _partition(self, key: bytes) -> int:
+    def _partition_for(self, key: bytes) -> int:
         """The partition aiokafka's default partitioner would pick (murmur2 of the key over all
         partitions, as the Java client does), cached per correlation id."""
-        if not self._raw_partitions:
-            self._raw_partitions = len(await self.producer.partitions_for(self.topics.raw))
         partition = self._partition_of.get(key)
         if partition is None:
             if len(self._partition_of) >= _PARTITION_CACHE_MAX:
