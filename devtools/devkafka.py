@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccstream.procs import tie_to_parent
+from ccstream.procs import popen_tied
 
 KAFKA_VERSION = os.environ.get("CCSTREAM_KAFKA_VERSION", "4.1.1")
 LOG4J_VERSION = "2.24.3"
@@ -272,13 +272,13 @@ class KafkaCluster:
 
     def _spawn(self, libs: Path, node: Node) -> None:
         out = (node.data_dir / "stdout.log").open("ab")
-        node.process = subprocess.Popen(
-            self._java(libs, node, "kafka.Kafka", str(node.data_dir / "server.properties")),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            # only a prctl() call runs between fork and exec, so threads are no hazard here
-            preexec_fn=tie_to_parent if self.tied else None,  # noqa: PLW1509
-            start_new_session=not self.tied,
-        )
+        command = self._java(libs, node, "kafka.Kafka", str(node.data_dir / "server.properties"))
+        if self.tied:  # forked from a thread that lives as long as this process (procs.py)
+            node.process = popen_tied(command, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+        else:
+            node.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
 
     def _write_pidfile(self) -> None:

@@ -13,6 +13,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+# imported here, before any thread runs: hypothesis's pytest plugin otherwise imports it (and
+# pytest rewrites it, with ast.parse) in the terminal summary of a run that collected no
+# hypothesis test, after brokers, executors and the simulator have run threads, where CPython
+# 3.11.7 sometimes fails with "AST constructor recursion depth mismatch" (python/cpython#106905,
+# pytest-dev/pytest#10763; fixed in 3.11.8) and a passing run ends in an internal error
+import hypothesis  # noqa: F401
 import pytest
 
 from devtools import devkafka
