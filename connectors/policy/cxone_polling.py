@@ -10,7 +10,9 @@ next, and the per-endpoint bookkeeping that turns outages into gaps. The clock i
 * ``EndpointWatch`` -- the endpoint's working cursor (the ``updatedSince`` of its next poll: the
   last ``lastPollTime`` received, verbatim), and its outages: §5 makes one longer than
   3 x ``poll_interval_s`` a gap ``[cursor before, to]``, process down time included, and a
-  truncated answer a gap ``[u, lastPollTime]``.
+  truncated answer a gap ``[u, lastPollTime]``. Stricter than §5, two answers of a run more
+  than 2 x ``poll_interval_s`` apart of which the second is a 200 are a gap too (§4's
+  resolution: see ``RESOLUTION_FACTOR``).
 * ``PollState`` -- a poll loop's explicit state machine; ``stream_status`` folds the loops'
   states into the source's status (``policy.lifecycle``), ``route`` finds a legal path to it.
 """
@@ -28,6 +30,14 @@ from connectors.policy.lifecycle import SourceStatus
 
 FIRST_LOOKBACK_S = 3600.0      # §3: the first poll of an endpoint with no cursor, client now - 1 h
 OUTAGE_FACTOR = 3.0            # §5: an outage longer than 3 x poll_interval_s is a gap
+# §4/§9: "nothing lost" covers every version current for 2 x poll_interval_s. The server
+# answers rows only in their current state, so a version that begins after one answer and is
+# replaced before the next is never served: two answers more than 2 x the interval apart can
+# hide such a version, and §5's 3 x threshold alone leaves (2 x, 3 x] unreported. That happens
+# without any failure of this endpoint: another loop's 429 holds every request of the access
+# key for its Retry-After (1-3 s, §3), and a step of the server clock lengthens the spacing
+# on the clock the versions are timed by. So such a spacing is a gap as well.
+RESOLUTION_FACTOR = 2.0
 NOT_MODIFIED_SLACK_S = 1.0     # §5: a 304 ends a gap at its Date + 1 s (Date has whole seconds)
 # aiohttp's names for "the host is not there": §2 redoes discovery on these
 UNREACHABLE = ("ClientConnectorDNSError", "ClientConnectorError", "ConnectionRefusedError",
@@ -135,6 +145,7 @@ class Answered:
     end: float                  # server epoch s the answer stands for (§5 ``to``)
     poll_time: str | None       # lastPollTime (None: a 304 or a 200 without one)
     truncated: bool = False
+    unchanged: bool = False     # a 304: no row changed since u
 
 
 class EndpointWatch:
@@ -175,7 +186,7 @@ class EndpointWatch:
         start = self._from()
         outage = (self._ok_sent is not None
                   and answer.received - self._ok_sent > OUTAGE_FACTOR * self.interval_s)
-        if start is not None and (self._down or outage):
+        if start is not None and (self._down or outage or self._unseen(answer)):
             reason = "process_down" if self._down else "poll_failed"
             gaps.append(GapReport(start, max(answer.end, start), reason, self.endpoint))
         elif self._lost_from is not None:
@@ -194,6 +205,17 @@ class EndpointWatch:
         if answer.poll_time is not None:
             self.cursor = answer.poll_time
         return gaps
+
+    def _unseen(self, answer: Answered) -> bool:
+        """The answer ends a spacing in which a version current for 2 x the interval may have
+        come and gone unserved (``RESOLUTION_FACTOR``): the time since the last answer of this
+        run, on our clock (send to receipt: never shorter than the server's view) or on the
+        server's (where a clock step lengthens it). Not after a 304: it says that nothing
+        changed since the cursor, so no version began in between."""
+        if answer.unchanged or self._ok_sent is None or self._ok_end is None:
+            return False
+        spacing = max(answer.received - self._ok_sent, answer.end - self._ok_end)
+        return spacing > RESOLUTION_FACTOR * self.interval_s
 
     def rewind(self, committed: str | None) -> None:
         """Kafka lost records: poll again from the acknowledged cursor (§7).

@@ -246,7 +246,8 @@ class CxoneSource:
         else:
             self.report.polled(endpoint, "not_modified" if answer.status == 304 else "ok")
         end = answer_end(poll_time, answer.date, wall + self._offset)
-        answered = Answered(got.sent, got.received, u, end, poll_time, truncated)
+        answered = Answered(got.sent, got.received, u, end, poll_time, truncated,
+                            unchanged=answer.status == 304)
         if got.generation != self.generation:
             # Kafka failed while the rows were handed on: the rewind asks again, but what a
             # truncated answer cut off is not served again

@@ -211,8 +211,8 @@ def test_the_next_poll_starts_an_interval_after_the_last_began_or_when_it_ended(
 
 # -- §5 outages and gaps ----------------------------------------------------------------------
 def _answered(sent: float, *, end: float, poll_time: str | None, u: str = LPT,
-              truncated: bool = False) -> Answered:
-    return Answered(sent, sent + 0.05, u, end, poll_time, truncated)
+              truncated: bool = False, unchanged: bool = False) -> Answered:
+    return Answered(sent, sent + 0.05, u, end, poll_time, truncated, unchanged)
 
 
 def test_the_first_poll_without_a_cursor_asks_for_the_last_hour_once() -> None:
@@ -252,6 +252,41 @@ def test_an_outage_of_three_intervals_or_less_is_no_gap() -> None:
     """Measured from the send of the last good poll to the receipt of the next: 2.9 x is fine."""
     watch = EndpointWatch("agents/states", 1.0, LPT, started=0.0, down=False)
     assert watch.answered(_answered(2.85, end=T0, poll_time=LPT)) == []
+
+
+def test_two_answers_more_than_two_intervals_apart_are_a_gap_when_the_second_is_a_200() -> None:
+    """§4's resolution: a version current for 2 x interval may begin after one answer and be
+    replaced before the next (the server serves current states only), so a spacing over 2 x,
+    e.g. polls held by another loop's 429 Retry-After, is a gap [cursor, to] although no poll
+    of this endpoint failed and §5's 3 x is not reached."""
+    start = parse_rfc3339(LPT) or 0.0
+    watch = EndpointWatch("skills/activity", 1.0, None, started=0.0, down=False)
+    assert watch.answered(_answered(0.0, end=start, poll_time=LPT)) == []
+    assert watch.answered(_answered(1.0, end=start + 1, poll_time=_iso(start + 1))) == []
+    # held 1.5 s: sent 2.5 s after the last good poll was sent, 2.55 s in all (< 3 x)
+    gaps = watch.answered(_answered(3.5, end=start + 3.55, poll_time=_iso(start + 3.55)))
+    assert [(g.start, g.end, g.reason, g.endpoint) for g in gaps] == [
+        (start + 1, start + 3.55, "poll_failed", "skills/activity")]
+    assert watch.answered(_answered(4.5, end=start + 4.55, poll_time=_iso(start + 4.55))) == []
+
+
+def test_a_spacing_over_two_intervals_ended_by_a_304_is_no_gap() -> None:
+    """A 304 says that no row changed since the cursor: no version came and went unseen."""
+    start = parse_rfc3339(LPT) or 0.0
+    watch = EndpointWatch("agents/states", 1.0, LPT, started=0.0, down=False)
+    watch.answered(_answered(0.0, end=start + 0.5, poll_time=_iso(start + 0.5)))
+    assert watch.answered(_answered(2.5, end=start + 4.0, poll_time=None, unchanged=True)) == []
+
+
+def test_a_server_clock_step_that_spaces_two_answers_over_two_intervals_is_a_gap() -> None:
+    """Versions are timed on the server's clock: a forward step of it lengthens, on that clock,
+    the spacing of two answers 1 s apart on ours; over 2 x interval it is a gap."""
+    start = parse_rfc3339(LPT) or 0.0
+    watch = EndpointWatch("skills/activity", 1.0, LPT, started=0.0, down=False)
+    watch.answered(_answered(0.0, end=start, poll_time=LPT))
+    assert watch.answered(_answered(1.0, end=start + 1.9, poll_time=_iso(start + 1.9))) == []
+    gaps = watch.answered(_answered(2.2, end=start + 4.0, poll_time=_iso(start + 4.0)))
+    assert [(g.start, g.end) for g in gaps] == [(start + 1.9, start + 4.0)]
 
 
 def test_an_endpoint_without_a_cursor_has_no_gap_before_its_first_answer() -> None:
