@@ -163,7 +163,13 @@ class EndpointWatch:
         self._ok_sent = started if cursor is not None else None
         self._ok_end: float | None = None  # server time of the last successful answer
         self._first_end: float | None = None  # ... of the first one
-        self._down = down and cursor is not None
+        # down: the stream's stored cursor is older than 3 x the interval. §5 gives an endpoint
+        # without a cursor no gap, which holds for one never polled; but one the last run was
+        # answered on without a cursor (only 304s, or rows not yet acknowledged at a kill -9)
+        # has an outage the judge counts (§9 rule 3, down time included) and versions replaced
+        # meanwhile that its first poll cannot serve again. We cannot tell the two apart, so
+        # its first answer closes a gap from that poll's u (see ``answered``).
+        self._down = down
         self._lost_from: float | None = None  # Kafka lost records received since this time
 
     def since(self, wall_now: float) -> str:
@@ -184,6 +190,8 @@ class EndpointWatch:
         """A 200/204/304 arrived: the gaps it closes, then the cursor moves to its poll time."""
         gaps: list[GapReport] = []
         start = self._from()
+        if start is None and self._down:
+            start = server_epoch(answer.u)  # no cursor: all its first poll asked for
         outage = (self._ok_sent is not None
                   and answer.received - self._ok_sent > OUTAGE_FACTOR * self.interval_s)
         if start is not None and (self._down or outage or self._unseen(answer)):

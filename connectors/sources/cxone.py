@@ -123,6 +123,7 @@ class CxoneSource:
         self._discoveries = 0          # auth.generation last logged
         self._base: str | None = None
         self._wake = asyncio.Event()   # a gap was added or finished: the backfill loop looks
+        self._polled = False           # an answer came: a cursor is worth writing, even empty
 
     @property
     def name(self) -> str:
@@ -169,7 +170,10 @@ class CxoneSource:
         cursors = {e: self.progress.cursors[e] for e in self.stream.endpoints
                    if e in self.progress.cursors}
         gaps = intervals.to_json(self.ledger.open)
-        if not cursors and not gaps:
+        # once the server has answered, a cursor is written even without endpoints or gaps: a
+        # run killed before its first acknowledgement then still leaves an updated_at, so the
+        # next one knows it was down (§5) and reports a gap for each endpoint without a cursor
+        if not cursors and not gaps and not self._polled:
             return None
         return {"endpoints": cursors, "open_gaps": gaps}
 
@@ -231,6 +235,7 @@ class CxoneSource:
 
     async def _answered(self, endpoint: str, got: Got) -> None:
         answer, watch, wall = got.answer, self.watches[endpoint], self.deps.wall()
+        self._polled = True
         u, poll_time, truncated = got.query["updatedSince"], None, False
         if answer.status == 200:
             page = read_body(endpoint, answer.body)

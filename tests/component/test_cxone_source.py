@@ -393,6 +393,36 @@ async def test_a_restart_resumes_from_the_committed_cursor_with_nothing_lost(
         assert _judge(sim, sink.raw(), [], (start, end)) == []
 
 
+async def test_a_run_killed_before_any_acknowledgement_leaves_a_cursor_and_a_gap_after(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A run answered by the server whose records Kafka never acknowledged (killed) still
+    commits a cursor, without endpoints; after down time the next run's first answer of each
+    endpoint closes a process_down gap over what it asked for, so the versions replaced while
+    it was down are inside a reported gap (the chaos seed 34: 15 lost, no gap at all)."""
+    caplog.set_level(logging.INFO)
+    async with _sim() as sim:
+        start = _server_now(sim)
+        held = MemorySink(hold=True)   # never acknowledged: what a kill -9 leaves
+        async with _running(sim.base_url, held) as first:
+            await until(lambda: len(held.raw()) >= 8)
+        body = first.checkpoint(time.time())
+        assert body == {"endpoints": {}, "open_gaps": []}
+        stopped = time.time()
+        await asyncio.sleep(5 * INTERVAL)   # down: versions replaced meanwhile
+        sink = MemorySink()
+        stored = StoredCursor("cxone", body, rfc3339(stopped))
+        async with _running(sim.base_url, sink, stored) as second:
+            await until(lambda: len((second.checkpoint(time.time()) or {}).get(
+                "endpoints", {})) == 3)
+            await asyncio.sleep(0.5)
+            end = _server_now(sim)
+        assert sim.rules(KEY) == ZERO
+    gaps = _events(caplog, "stream.gap")
+    assert sorted(g["endpoint"] for g in gaps if g["reason"] == "process_down") == \
+        sorted(ENDPOINTS)
+    assert _judge(sim, sink.raw(), _gaps(caplog), (start, end)) == []
+
+
 async def test_down_time_at_start_is_a_gap_backfilled_across_shifting_pages(
         caplog: pytest.LogCaptureFixture) -> None:
     """A committed cursor older than 3 intervals: each endpoint's first answer closes a

@@ -291,8 +291,20 @@ def test_a_server_clock_step_that_spaces_two_answers_over_two_intervals_is_a_gap
 
 def test_an_endpoint_without_a_cursor_has_no_gap_before_its_first_answer() -> None:
     """An endpoint with no cursor has no outage clock until it first answers."""
-    watch = EndpointWatch("agents/states", 1.0, None, started=0.0, down=True)
+    watch = EndpointWatch("agents/states", 1.0, None, started=0.0, down=False)
     assert watch.answered(_answered(100.0, end=T0, poll_time=LPT)) == []
+
+
+def test_after_down_time_an_endpoint_without_a_cursor_has_a_gap_from_its_first_u() -> None:
+    """The stream's cursor says it was down, but this endpoint has none (the last run had only
+    304s from it, or was killed before its rows were acknowledged): the server answered it and
+    replaced versions meanwhile, so its first answer closes a gap over all it asked for."""
+    watch = EndpointWatch("contacts/active", 1.0, None, started=0.0, down=True)
+    u = watch.since(T0)
+    end = T0 + 0.1
+    gaps = watch.answered(_answered(0.5, end=end, poll_time=_iso(end), u=u))
+    assert [(g.start, g.end, g.reason) for g in gaps] == [(T0 - 3600, end, "process_down")]
+    assert watch.answered(_answered(1.5, end=end + 1, poll_time=_iso(end + 1))) == []
 
 
 def test_failing_from_the_start_with_a_cursor_is_an_outage() -> None:
