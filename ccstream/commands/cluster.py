@@ -58,7 +58,7 @@ async def fence(config: Config, slots: int | None, *, force: bool = False
         return ["ccstream cluster fence: --slots must be at least 1"], 2
     view = await describe_once(bootstrap, group, config.topics.slots)
     if view.members and not force:
-        names = ", ".join(sorted(m.client_id for m in view.members))
+        names = ", ".join(sorted(m.instance for m in view.members))
         return [f"ccstream cluster fence: group {group} has {len(view.members)} member(s) "
                 f"({names}): stop them first, or --force"], 1
     results = await fence_slots(config, range(slots))

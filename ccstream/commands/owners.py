@@ -46,14 +46,14 @@ async def owners(config: Config) -> list[str] | None:
     mine = fingerprint(((s.name, s.platform) for s in config.streams), count)
     lines = [f"group {config.cluster.group_id}\tstate={view.state}\tmembers={len(view.members)}"
              f"\tslots={count}"]
-    for member in sorted(view.members, key=lambda m: m.client_id):
+    for member in sorted(view.members, key=lambda m: m.instance):
         claim = member.claim
         differs = claim is not None and claim.fingerprint != mine
-        lines.append(f"member {member.client_id}\thost={member.host}\tslots={len(member.slots)}"
+        lines.append(f"member {member.instance}\thost={member.host}\tslots={len(member.slots)}"
                      + ("\t(another configuration)" if differs else ""))
     for slot in range(count):
         owner = view.owner_of(slot)
         streams = [s.name for s in config.streams if slot_of(s.name, count) == slot]
-        lines.append(f"slot {slot}\t{owner.client_id if owner else '-'}\t"
+        lines.append(f"slot {slot}\t{owner.instance if owner else '-'}\t"
                      f"{','.join(streams) or '-'}")
     return lines

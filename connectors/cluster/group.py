@@ -30,6 +30,11 @@ class MemberView:
     claim: Claim | None
     slots: frozenset[int]
 
+    @property
+    def instance(self) -> str:
+        """The process this member is: the claim's instance (see ``GroupView.member``)."""
+        return self.claim.instance if self.claim is not None else self.client_id
+
 
 @dataclass(frozen=True)
 class GroupView:
@@ -42,8 +47,16 @@ class GroupView:
     def live(self) -> bool:
         return self.state in LIVE_STATES and bool(self.members)
 
-    def member(self, client_id: str) -> MemberView | None:
-        return next((m for m in self.members if m.client_id == client_id), None)
+    def member(self, instance: str) -> MemberView | None:
+        """The member that is ``instance`` (a process's client id), known by the claim in its
+        join metadata, else by its client id.
+
+        The claim first: when a static member (``instance_id``) is replaced by a new process
+        with the same instance id, the coordinator keeps the *old* process's client id on the
+        member (Kafka's ``replaceStaticMember`` copies it) but stores the new join's metadata.
+        Matching client ids would leave the new process without a lease forever (its slots never
+        start) and give one to the replaced process, a zombie whose slots are now another's."""
+        return next((m for m in self.members if m.instance == instance), None)
 
     def owner_of(self, slot: int) -> MemberView | None:
         return next((m for m in self.members if slot in m.slots), None)

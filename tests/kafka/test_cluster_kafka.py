@@ -184,6 +184,7 @@ async def test_cluster_fence_aborts_an_old_slot_ids_transaction_and_refuses_a_li
     finally:
         await member.stop()
 
+
 # -- two instances in this process --------------------------------------------------------------
 def _streams(sim: Simulator, names: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return [sim_stream(sim, name, platform, name) for name, platform in names]
@@ -242,6 +243,52 @@ async def test_two_instances_share_the_streams_and_hand_them_over(
         assert results[0].code == 0, results[0]
         view = await describe_once(bootstrap, config.cluster.group_id, config.topics.slots)
         assert not view.members
+
+
+async def test_a_static_member_restarted_within_the_session_gets_its_own_slots_back(
+        bootstrap: str, topic_prefix: str) -> None:
+    """``instance_id`` (static membership, design test 6): B stops (a static member sends no
+    LeaveGroup) and a new process with B's instance id starts within the session timeout: it
+    gets B's slots, hence B's streams, back, and A's streams are never handed over or
+    reconnected meanwhile."""
+    names = [(f"g{i}", "genesys") for i in range(3)] + [(f"n{i}", "nice") for i in range(3)]
+    clients = tuple(ClientSpec(n, SECRET, platforms=(p,)) for n, p in names)  # type: ignore[arg-type]
+    # a session long enough for a busy machine to restart B in it; the lease stays shorter
+    # than session - heartbeat
+    timing = {"session_timeout_s": 6.0, "heartbeat_interval_s": 0.5, "lease_s": 4.0}
+    async with Simulator(SimSettings(clients=clients, seed=6, rate=10.0)) as sim:
+        streams = _streams(sim, names)
+        configs = {i: cluster_config(bootstrap, topic_prefix, streams, instance_id=f"static-{i}",
+                                     **timing) for i in "ab"}
+        a, b = Runner(configs["a"]), Runner(configs["b"])
+        tasks = [asyncio.ensure_future(a.run()), asyncio.ensure_future(b.run())]
+        again: Runner | None = None
+        try:
+            await until(lambda: a.sources and b.sources
+                        and len(a.sources) + len(b.sources) == len(names), timeout=60)
+            await until(lambda: all(sim.owners.open_now(f"{p}/{n}") == 1 for n, p in names),
+                        timeout=30)
+            kept, moved = await _owned(a), await _owned(b)
+            b.request_stop()
+            assert (await asyncio.wait_for(tasks[1], 15)).code == 0
+            stopped_at = asyncio.get_running_loop().time()
+            again = Runner(configs["b"])
+            tasks.append(asyncio.ensure_future(again.run()))
+            await until(lambda: len(again.sources) == len(moved) or tasks[2].done(), timeout=30)
+            assert await _owned(again) == moved
+            assert await _owned(a) == kept
+            await until(lambda: all(sim.owners.open_now(f"{p}/{n}") == 1 for n, p in names),
+                        timeout=30)
+            assert all(sim.owners.opened_since(f"{p}/{n}", stopped_at) == 0
+                       for n, p in names if n in kept)
+            # B's streams were opened once since, by the restarted B: A never took them over
+            assert all(sim.owners.opened_since(f"{p}/{n}", stopped_at) == 1
+                       for n, p in names if n in moved)
+        finally:
+            for runner in (a, b, again):
+                if runner is not None:
+                    runner.request_stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
 
 
 async def test_a_fenced_slot_stops_commits_nothing_and_is_taken_again_while_assigned(

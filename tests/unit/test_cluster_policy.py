@@ -11,6 +11,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.cluster.group import GroupView, MemberView
 from connectors.policy import slot_states
 from connectors.policy.lease import TRANSITIONS as LEASE_TRANSITIONS
 from connectors.policy.lease import Lease, LeaseState
@@ -318,3 +319,18 @@ def test_the_owners_timeline_measures_gaps_and_overlaps() -> None:
     doc = timeline.to_json("genesys/a")
     assert doc["open"] == {"genesys/a": 1}
     assert [e["delta"] for e in doc["events"]] == [1, -1, 1, 1, -1]
+
+
+def test_a_replaced_static_member_is_known_by_its_claim_not_the_client_id_kafka_kept() -> None:
+    """Kafka keeps the replaced process's client id on a static member and stores the new
+    join's metadata: the new process is listed (its lease renews), the old one is not (a zombie
+    must lose its lease)."""
+    new = Claim("ccstream-b-200-bbbbbb", 16, "fp")
+    view = GroupView("g", "Stable", "ccstream-slots", (
+        MemberView("static-b-2", "ccstream-b-100-aaaaaa", "/127.0.0.1", new, frozenset({1})),
+        MemberView("m-a", "ccstream-a-300-cccccc", "/127.0.0.1", None, frozenset({2}))))
+    assert view.member("ccstream-b-200-bbbbbb") is view.members[0]
+    assert view.member("ccstream-b-100-aaaaaa") is None
+    assert view.members[0].instance == "ccstream-b-200-bbbbbb"
+    # a member without a claim of ours is known by its client id
+    assert view.member("ccstream-a-300-cccccc") is view.members[1]
