@@ -5,16 +5,18 @@ scenario (``judge``): every notification written outside a reported gap reached 
 server-side uncovered interval lies in a reported gap, and every conversation and user active in
 one has a backfill record whose ``ccstream-gap`` overlaps that activity.
 
-Time is real but short: small ``settle_s``, ``health_after_s``, backoff; the 24 h channel TTL is
-compressed with the simulator's ``time_scale``.
+Time: the simulator and the source share one wall clock (``support.clock.Clock``) that a test
+moves forward, so platform time passes at once for both: a gap's 2 s margin and ``settle_s``
+before its backfill (``settle``), a channel's 24 h TTL, a closing notice's minute. Loop time stays
+real and short: backoff, ``health_after_s``, Retry-After holds, ``channel_rollover_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.clock import Clock
 from support.memory_sink import MemorySink, Sent
 
 from ccstream import metrics, records
@@ -29,11 +32,15 @@ from ccstream.config import Config, parse
 from ccstream.logs import fields_of
 from ccstream.timefmt import parse_rfc3339, rfc3339
 from connectors.kafka.cursor_store import StoredCursor
+from connectors.policy.gc_coverage import MARGIN_S
 from connectors.policy.intervals import Interval, merge
 from connectors.policy.ratelimit import TokenBucket
 from connectors.sources import build
 from connectors.sources.base import Shared, Source, SourceDeps, SourceStatus
+from connectors.sources.genesys_cloud import GenesysCloudSource
+from connectors.sources.genesys_cloud_backfill import IDLE_MAX_S
 from simulator.genesys_cloud import GcClient, GcFault, GcSettings, GenesysCloudSimulator
+from simulator.genesys_cloud.stats import SentNotification
 
 CLIENT, SECRET = "acme", "s3cret-acme-value"
 TOPICS = ["v2.routing.queues.{queue}.conversations", "v2.users.{user}?presence&routingStatus",
@@ -42,20 +49,29 @@ CONNECTOR = {"backoff_base_s": 0.05, "backoff_max_s": 0.3, "close_timeout_s": 0.
              "open_timeout_s": 3.0, "breaker_cooldown_s": 5.0, "max_attempts": 30,
              "reconnects_per_second": 100.0, "reconnect_burst": 20}
 NAME = "gc"
+SETTLE_S = 0.5
+DAY_S = 86_400.0
 
 
 def sim_settings(**kw: Any) -> GcSettings:
-    """The judge's replace grace (10 s: overlaps are counted), a short analytics lag."""
+    """The judge's replace grace (10 s: overlaps are counted), a short analytics lag, a clock
+    of its own that the source shares (``running``)."""
     base: dict[str, Any] = {"clients": (GcClient(CLIENT, SECRET, queues=3, users=4),),
                             "seed": 7, "rate": 25.0, "analytics_lag_s": 0.2,
-                            "replace_grace_s": 10.0}
+                            "replace_grace_s": 10.0, "clock": Clock()}
     return GcSettings(**{**base, **kw})
+
+
+def clock_of(sim: GenesysCloudSimulator) -> Clock:
+    clock = sim.settings.clock
+    assert isinstance(clock, Clock)
+    return clock
 
 
 def config(sim: GenesysCloudSimulator, name: str = NAME, **stream: Any) -> Config:
     return parse({"connector": CONNECTOR, "streams": [{
         "name": name, "platform": "genesys-cloud", "api_url": sim.base_url,
-        "client_id": CLIENT, "client_secret": SECRET, "topics": TOPICS, "settle_s": 0.5,
+        "client_id": CLIENT, "client_secret": SECRET, "topics": TOPICS, "settle_s": SETTLE_S,
         "health_after_s": 1.0, "health_timeout_s": 0.5, **stream}]}, environ={})
 
 
@@ -73,6 +89,7 @@ class Run:
     sink: MemorySink
     caplog: pytest.LogCaptureFixture
     task: asyncio.Task[None]
+    clock: Clock
     stopped_body: dict[str, Any] | None = None
     all_gaps: list[Interval] = field(default_factory=list)
 
@@ -84,7 +101,7 @@ class Run:
         """Every gap reported: ``stream.gap`` lines and the cursor's ``open_gaps``."""
         logged = [(parse_rfc3339(g["from"]), parse_rfc3339(g["to"]))
                   for g in self.events("stream.gap")]
-        body = self.source.checkpoint(time.time()) or {}
+        body = self.source.checkpoint(self.clock()) or {}
         kept = [(parse_rfc3339(a), parse_rfc3339(b)) for a, b in body.get("open_gaps", [])]
         return merge([(a, b) for a, b in logged + kept if a is not None and b is not None])
 
@@ -97,9 +114,12 @@ class Run:
     def streaming(self) -> bool:
         return self.source.status is SourceStatus.STREAMING and len(self.live()) > 0
 
+    def open_gaps(self) -> list[Any]:
+        return list((self.source.checkpoint(self.clock()) or {}).get("open_gaps", []))
+
     def backfilled(self) -> bool:
         """Every reported gap is closed and filled: nothing left in ``open_gaps``."""
-        body = self.source.checkpoint(time.time()) or {}
+        body = self.source.checkpoint(self.clock()) or {}
         return bool(self.events("stream.gap")) and not body.get("open_gaps") and \
             len(self.events("backfill.done")) >= 1
 
@@ -112,26 +132,52 @@ async def running(sim: GenesysCloudSimulator, caplog: pytest.LogCaptureFixture, 
     caplog.set_level(logging.INFO)
     cfg = config(sim, **stream)
     sink = sink or MemorySink()
+    clock = clock_of(sim)
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as http:
-        deps = SourceDeps(sink, TokenBucket(100.0, 20, loop.time()), loop.time, time.time,
+        deps = SourceDeps(sink, TokenBucket(100.0, 20, loop.time()), loop.time, clock,
                           lambda: 0.5, http=http, shared=shared or Shared())
         source = build(cfg.streams[0], cfg, deps, stored)
-        run = Run(source, sink, caplog, loop.create_task(source.run()))
+        run = Run(source, sink, caplog, loop.create_task(source.run()), clock)
         try:
             yield run
         finally:
             source.stop()
             await asyncio.wait_for(run.task, 10)
-            run.stopped_body = source.checkpoint(time.time())
+            run.stopped_body = source.checkpoint(clock())
+
+
+def settle(run: Run) -> None:
+    """§7: a gap is backfilled once now >= to + settle_s, and ``to`` is 2 s (the skew margin)
+    after coverage came back. Call once the gaps waited for are reported: the shared clock jumps
+    over margin and settle, and the backfiller is told to look at its book at once (it would
+    anyway within its idle second)."""
+    run.clock.advance(MARGIN_S + SETTLE_S)
+    source = run.source
+    assert isinstance(source, GenesysCloudSource) and source.backfiller is not None
+    source.backfiller.wake.set()
 
 
 async def quiesce(sim: GenesysCloudSimulator, run: Run) -> float:
-    """Stop the generator and let what is in flight arrive; the instant after which nothing
-    more is judged."""
+    """Stop the generator and let what is in flight arrive (everything written before has
+    reached the sink or lies in a reported gap: a bounded wait, ``judge`` says what is
+    missing); the instant after which nothing more is judged."""
     sim.stop_generating()
-    await asyncio.sleep(0.3)
-    return sim.now()
+    until_s = sim.now()
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: not unheard(sim, run, until_s), timeout=2.0)
+    sim.tick(sim.now())  # the rules as of now
+    return until_s
+
+
+def unheard(sim: GenesysCloudSimulator, run: Run, until_s: float | None) -> list[SentNotification]:
+    """§11 (1): notifications written before ``until_s``, outside every reported gap, whose
+    bytes are no record's value."""
+    gaps = run.gaps()
+    got = {hashlib.sha256(s.value).hexdigest() for s in run.live()}
+    return [note for note in sim.ledger.notifications.get(CLIENT, [])
+            if (until_s is None or note.sent_at < until_s) and note.sha256 not in got
+            and not any(ga <= note.sent_at <= gb for ga, gb in gaps)]
 
 
 def judge(sim: GenesysCloudSimulator, run: Run, until_s: float | None = None,
@@ -143,10 +189,8 @@ def judge(sim: GenesysCloudSimulator, run: Run, until_s: float | None = None,
     def in_gap(a: float, b: float) -> bool:
         return any(ga <= a and b <= gb for ga, gb in gaps)
 
-    got = {hashlib.sha256(s.value).hexdigest() for s in run.live()}
-    for note in sim.ledger.notifications.get(CLIENT, []):  # (1) written, not in a gap: a record
-        if until_s is None or note.sent_at < until_s:
-            assert note.sha256 in got or in_gap(note.sent_at, note.sent_at), note
+    lost = unheard(sim, run, until_s)  # (1) written, not in a gap: a record
+    assert not lost, lost[:3]
     uncovered = sim.uncovered(CLIENT)
     for a, b in uncovered:  # (3) every uncovered interval is inside the reported gaps
         assert in_gap(a, b), (a, b, gaps)
@@ -174,7 +218,7 @@ def _filled(filled: dict[str, list[Interval]], key: str, start: float, end: floa
 
 def rejoin(run: Run) -> StoredCursor:
     assert run.stopped_body is not None
-    return StoredCursor("genesys-cloud", run.stopped_body, rfc3339(time.time()))
+    return StoredCursor("genesys-cloud", run.stopped_body, rfc3339(run.clock()))
 
 
 # -- steady state, set-up, records ---------------------------------------------------------------
@@ -182,7 +226,7 @@ async def test_set_up_records_and_a_clean_shutdown(caplog: pytest.LogCaptureFixt
     """Topics expand over the listed queues and users into one channel (POST, one PUT with
     ignoreErrors), notifications become records with their bytes and §8 keys; SIGTERM closes
     with 1000; no gap, no rule broken, everything published reached the sink."""
-    async with GenesysCloudSimulator(sim_settings()) as sim:
+    async with GenesysCloudSimulator(sim_settings(rate=100.0)) as sim:
         async with running(sim, caplog) as run:
             await until(run.streaming)
             await until(lambda: len(run.live()) >= 40)
@@ -219,6 +263,8 @@ async def test_a_socket_reset_is_a_gap_that_backfill_fills(
         async with running(sim, caplog) as run:
             await until(run.streaming)
             sim.inject(GcFault(kind="reset", client=CLIENT))
+            await until(lambda: run.events("stream.gap") and run.streaming())
+            settle(run)
             await until(run.backfilled)
             until_s = await quiesce(sim, run)
         [gap] = run.events("stream.gap")
@@ -244,6 +290,8 @@ async def test_a_channel_gone_while_disconnected_is_found_by_head(
             sim.inject(GcFault(kind="reset", client=CLIENT))
             sim.inject(GcFault(kind="channel_gone", client=CLIENT, channel=channel,
                                variant="expired"))
+            await until(lambda: run.events("stream.gap") and run.streaming())
+            settle(run)
             await until(run.backfilled)
             until_s = await quiesce(sim, run)
         [gone] = run.events("channel.gone")
@@ -263,6 +311,8 @@ async def test_a_restart_reports_the_down_time_from_the_cursor(
             await until(first.streaming)
         await asyncio.sleep(0.7)  # the process is down
         async with running(sim, caplog, sink=sink, stored=rejoin(first)) as second:
+            await until(lambda: second.events("stream.gap") and second.streaming())
+            settle(second)
             await until(second.backfilled)
             until_s = await quiesce(sim, second)
         [gap] = second.events("stream.gap")
@@ -287,8 +337,10 @@ async def test_cut_backfill_is_redone_after_a_restart(caplog: pytest.LogCaptureF
         assert first.stopped_body is not None and len(first.stopped_body["open_gaps"]) == 1
         [kept] = first.stopped_body["open_gaps"]
         async with running(sim, caplog, sink=sink, stored=rejoin(first)) as second:
-            await until(lambda: second.events("backfill.done") and not (
-                second.source.checkpoint(time.time()) or {}).get("open_gaps"))
+            # one caplog, one stream name: the first run's gap and the down time's
+            await until(lambda: len(second.events("stream.gap")) >= 2 and second.streaming())
+            settle(second)
+            await until(lambda: second.events("backfill.done") and not second.open_gaps())
             until_s = await quiesce(sim, second)
         done = [(d["from"], d["to"]) for d in second.events("backfill.done")]
         assert any(a <= kept[0] and kept[1] <= b for a, b in done)
@@ -298,11 +350,16 @@ async def test_cut_backfill_is_redone_after_a_restart(caplog: pytest.LogCaptureF
 # -- channels: 24 h, eviction, replacement, closing notice ----------------------------------------
 async def test_rollover_keeps_a_channel_past_its_ttl(caplog: pytest.LogCaptureFixture) -> None:
     """channel_rollover_s after the last PUT the same list is PUT again (channel.rolled_over):
-    the channel outlives its 24 h TTL (2 s here) without a gap."""
-    async with GenesysCloudSimulator(sim_settings(time_scale=43_200.0)) as sim:
-        async with running(sim, caplog, channel_rollover_s=0.5) as run:
+    the channel outlives its 24 h TTL without a gap. After each rollover the shared clock jumps
+    half a day: 1.5 days in all, never a whole day without a PUT (a 48 h token outlives it)."""
+    settings = sim_settings(token_lifetime_s=2 * DAY_S)
+    async with GenesysCloudSimulator(settings) as sim:
+        async with running(sim, caplog, channel_rollover_s=0.2) as run:
             await until(run.streaming)
-            await until(lambda: len(run.events("channel.rolled_over")) >= 6, timeout=15)
+            for rolled in range(3):
+                await until(lambda: len(run.events("channel.rolled_over")) > rolled)  # noqa: B023
+                clock_of(sim).advance(DAY_S / 2)
+            await until(lambda: len(run.events("channel.rolled_over")) > 3 and run.streaming())
             until_s = await quiesce(sim, run)
         assert sim.stats[CLIENT].channels_created == 1 and sim.stats[CLIENT].channels_expired == 0
         assert not run.events("channel.gone") and not run.events("stream.gap")
@@ -311,12 +368,16 @@ async def test_rollover_keeps_a_channel_past_its_ttl(caplog: pytest.LogCaptureFi
 
 async def test_an_expired_channel_is_a_gap_and_a_new_channel(
         caplog: pytest.LogCaptureFixture) -> None:
-    """Without a rollover the channel expires 24 h (4 s) after its PUT: the 404 frame is
-    channel.gone, a new channel is made (POST, PUT, connect), the gap is backfilled."""
-    async with GenesysCloudSimulator(sim_settings(time_scale=21_600.0)) as sim:
+    """Without a rollover the channel expires 24 h after its PUT (the shared clock jumps a day;
+    the token, 24 h too, is renewed): the 404 frame is channel.gone, a new channel is made
+    (POST, PUT, connect), the gap is backfilled."""
+    async with GenesysCloudSimulator(sim_settings()) as sim:
         async with running(sim, caplog) as run:
             await until(run.streaming)
-            await until(lambda: run.events("channel.gone"), timeout=10)
+            clock_of(sim).advance(DAY_S)
+            await until(lambda: run.events("channel.gone") and run.events("stream.gap")
+                        and run.streaming())
+            settle(run)
             await until(run.backfilled)
             until_s = await quiesce(sim, run)
         assert run.events("channel.gone")[0]["cause"] == "404 frame"
@@ -338,9 +399,10 @@ async def test_an_evicted_channel_and_a_replaced_socket_each_get_a_new_channel(
             first = run.events("channel.created")[-1]["channel_id"]
             sim.inject(GcFault(kind="replace", client=CLIENT))
             await until(lambda: run.events("channel.replaced"))
-            await until(lambda: len(run.events("channel.created")) == 3 and run.streaming())
-            await until(lambda: len(run.events("backfill.done")) >= 1 and not (
-                run.source.checkpoint(time.time()) or {}).get("open_gaps"))
+            await until(lambda: len(run.events("channel.created")) == 3 and run.streaming()
+                        and len(run.events("stream.gap")) >= 2)
+            settle(run)
+            await until(lambda: len(run.events("backfill.done")) >= 1 and not run.open_gaps())
             until_s = await quiesce(sim, run)
         assert run.events("channel.replaced")[0]["channel_id"] == first
         reasons = {g["reason"] for g in run.events("stream.gap")}
@@ -356,10 +418,13 @@ async def test_a_closing_notice_is_make_before_break_without_a_gap(
     async with GenesysCloudSimulator(sim_settings()) as sim:
         async with running(sim, caplog) as run:
             await until(run.streaming)
-            sim.inject(GcFault(kind="closing_notice", client=CLIENT, delay_s=3.0))
+            sim.inject(GcFault(kind="closing_notice", client=CLIENT))  # 1001 a minute later
             await until(lambda: sim.stats[CLIENT].sockets_opened == 2
                         and sim.stats[CLIENT].sockets_open == 1)
-            await asyncio.sleep(3.2)  # past the server's own 1001 on the old socket
+            clock_of(sim).advance(sim.settings.notice_s)  # past the server's own 1001 ...
+            sim.tick(sim.now())  # ... on the old socket, carried out now
+            heard = len(run.live())
+            await until(lambda: len(run.live()) > heard and run.streaming())  # it goes on
             until_s = await quiesce(sim, run)
         stats = sim.stats[CLIENT]
         assert stats.channels_created == 1 and stats.client_close_codes[1000] == 2
@@ -375,14 +440,17 @@ async def test_silence_and_lost_pongs_are_dead_sockets(caplog: pytest.LogCapture
     within the timeout is no death; an idle close (1001) reconnects to the same channel."""
     async with GenesysCloudSimulator(sim_settings(rate=0.8)) as sim:
         async with running(sim, caplog, health_after_s=0.4) as run:
-            await until(run.streaming)
+            # the socket is up (sparse notifications: the first one is 1.25 s away)
+            await until(lambda: run.source.status is SourceStatus.STREAMING)
             sim.inject(GcFault(kind="silent", client=CLIENT, duration_s=5.0))
             await until(lambda: run.events("ws.pong_timeout") and run.streaming())
             sim.inject(GcFault(kind="pong_delay", client=CLIENT, delay_s=0.2, count=2))
             await until(lambda: sim.stats[CLIENT].pongs_delayed >= 2)
             sim.inject(GcFault(kind="idle_close", client=CLIENT))
             await until(lambda: sim.stats[CLIENT].closes_sent[1001] >= 1 and run.streaming())
-            await until(lambda: len(run.events("stream.gap")) >= 2 and run.backfilled())
+            await until(lambda: len(run.events("stream.gap")) >= 2 and run.streaming())
+            settle(run)
+            await until(run.backfilled)
             until_s = await quiesce(sim, run)
         assert len(run.events("ws.pong_timeout")) == 1
         reasons = [g["reason"] for g in run.events("stream.gap")]
@@ -446,6 +514,8 @@ async def test_rest_and_token_errors_are_retried_within_the_rules(
                             path="/api/v2/notifications/channels/*"),
                     GcFault(kind="reset", client=CLIENT)):
                 sim.inject(fault)
+            await until(lambda: run.events("stream.gap") and run.streaming())
+            settle(run)
             await until(run.backfilled)
             until_s = await quiesce(sim, run)
         stats = sim.stats[CLIENT]
@@ -481,7 +551,7 @@ async def test_rejected_topics_are_reported_once_and_all_rejected_fails(
     async with GenesysCloudSimulator(sim_settings(time_scale=21_600.0)) as sim:
         sim.inject(GcFault(kind="deny_topics", topics=("v2.users.*.conversations",),
                            permissions=("conversation:communication:view",)))
-        async with running(sim, caplog, channel_rollover_s=1.0) as run:
+        async with running(sim, caplog, channel_rollover_s=0.25) as run:
             await until(run.streaming)
             await until(lambda: len(run.events("channel.subscribed")) >= 3)
         subscribed = run.events("channel.subscribed")
@@ -526,7 +596,8 @@ async def test_without_backfill_gaps_are_reported_and_open_gaps_stay_empty(
             await until(run.streaming)
             sim.inject(GcFault(kind="reset", client=CLIENT))
             await until(lambda: run.events("stream.gap") and run.streaming())
-            await asyncio.sleep(0.6)
+            clock_of(sim).advance(MARGIN_S + SETTLE_S)  # with backfill the gap were due now:
+            await asyncio.sleep(IDLE_MAX_S + 0.2)  # a backfiller looks at its book this often
         assert run.stopped_body is not None and run.stopped_body["open_gaps"] == []
         assert not run.events("backfill.started") and run.backfill() == []
         stats = sim.stats[CLIENT]

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.clock import Clock
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -35,19 +36,6 @@ from simulator.genesys_cloud.faults import FRAME_VARIANTS, preset_schedule
 ID, SECRET = "acme", "s3cret"
 ALL_ZERO = {"rest_before_retry_after": 0, "token_before_retry_after": 0, "expired_token": 0,
             "too_many_channels": 0, "over_1000_ids": 0, "socket_overlap": 0}
-
-
-class Clock:
-    """The wall clock plus an offset that tests move forward ("waiting" without sleeping)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 def _settings(clock: Clock, **overrides: Any) -> GcSettings:
