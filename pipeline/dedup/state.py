@@ -69,6 +69,11 @@ class Decision:
     false_positive: bool = False
 
 
+# the decisions of a record that rotated nothing: made once (one per record was measurable)
+_FORWARD = Decision(Verdict.FORWARD)
+_DUPLICATE = Decision(Verdict.DUPLICATE)
+
+
 class ExactWindow:
     """Strict mode's exact key store, rotating in lockstep with the Bloom generations."""
 
@@ -142,9 +147,9 @@ class PartitionDedup:
             self._record(gen, key if self.exact is not None else dig)
             if self.exact is not None:
                 self.exact.add(gen, key)
-            return Decision(Verdict.FORWARD, rotated)
+            return _FORWARD if rotated is None else Decision(Verdict.FORWARD, rotated)
         if self.exact is None or key in self.exact:
-            return Decision(Verdict.DUPLICATE, rotated)
+            return _DUPLICATE if rotated is None else Decision(Verdict.DUPLICATE, rotated)
         # strict: a Bloom false positive; remember the key exactly so its copies are caught
         self.bloom.add(gen, dig)
         self.exact.add(gen, key)
