@@ -203,7 +203,11 @@ class ClusterSupervisor:
         if note.get("mismatched"):
             self.log.warning("cluster.config_mismatch", member=self.instance,
                              fingerprint=self._fingerprint)
-        plan = slot_states.plan({n: s.state for n, s in self.slots.items()}, assigned)
+        lease_valid = self.allowed()
+        if not lease_valid:  # act on an expiry now: the watch may not have seen it yet
+            self.keeper.denied()
+        plan = slot_states.plan({n: s.state for n, s in self.slots.items()}, assigned,
+                                lease_valid=lease_valid, releasing=frozenset(self._releasing))
         self.assigned = assigned
         if not self.joined:
             self.joined = True
@@ -319,12 +323,17 @@ class ClusterSupervisor:
         return self.keeper.allowed()
 
     def _lease_expired(self) -> None:
-        """Membership not confirmed in time: every slot stops, committing nothing."""
+        """Membership not confirmed in time: every slot stops, committing nothing.
+
+        A slot assigned but not started yet is given up too (ASSIGNED -> UNOWNED): after an
+        expiry the instance holds nothing, so whatever a later assignment gives it starts
+        afresh, and a slot of the old assignment is never taken for a kept one.
+        """
         self.log.warning("cluster.lease_expired",
                          running=[n for n, s in self.slots.items()
                                   if s.state is SlotState.RUNNING])
         for slot in self.slots.values():
-            if slot.state in (SlotState.STARTING, SlotState.RUNNING):
+            if slot.state in (SlotState.ASSIGNED, SlotState.STARTING, SlotState.RUNNING):
                 self.release(slot, RevokeReason.LEASE)
 
     # -- failures and shutdown -----------------------------------------------------------------

@@ -118,9 +118,18 @@ class RebalancePlan:
     kept: frozenset[int]      # running on: one validation commit proves we still hold them
 
 
-def plan(states: Mapping[int, SlotState], assigned: frozenset[int]) -> RebalancePlan:
-    """Compare the slots we hold (``states``) with the new ``assigned`` ones."""
-    held = frozenset(s for s, state in states.items() if state in CLAIMABLE)
+def plan(states: Mapping[int, SlotState], assigned: frozenset[int], *, lease_valid: bool = True,
+         releasing: frozenset[int] = frozenset()) -> RebalancePlan:
+    """Compare the slots we hold (``states``) with the new ``assigned`` ones.
+
+    A slot is held only while the lease is valid and no release of it is under way: a member
+    that was frozen past its session rejoins claiming nothing (``claims``), and an assignment
+    that hands it back a slot it ran before the freeze is a fresh start of that slot, not a
+    continuation, even while its stale sources are still being stopped (the release is queued
+    behind the slot's lock). Such a slot is ``added``: it starts once its release is done.
+    """
+    held = frozenset(s for s, state in states.items()
+                     if state in CLAIMABLE and s not in releasing) if lease_valid else frozenset()
     return RebalancePlan(added=assigned - held, removed=held - assigned,
                          kept=held & assigned)
 

@@ -252,6 +252,17 @@ def test_a_new_assignment_is_planned_against_what_runs() -> None:
     assert plan.added == {2, 5}
 
 
+def test_a_slot_handed_back_after_the_lease_expired_is_a_fresh_start() -> None:
+    """A member frozen past its session (SIGSTOP) that is handed back a slot it ran before holds
+    nothing: no slot is kept while the lease is invalid or while the slot's release is queued."""
+    states = {0: SlotState.RUNNING, 1: SlotState.RUNNING, 2: SlotState.STOPPED}
+    expired = slot_states.plan(states, frozenset({0, 2}), lease_valid=False)
+    assert expired.kept == frozenset() and expired.removed == frozenset()
+    assert expired.added == {0, 2}
+    releasing = slot_states.plan(states, frozenset({0, 1}), releasing=frozenset({0}))
+    assert releasing.kept == {1} and releasing.added == {0}
+
+
 def test_a_member_whose_lease_expired_rejoins_empty() -> None:
     """Claims are what runs or starts, and nothing once the lease is gone."""
     states = {0: SlotState.RUNNING, 1: SlotState.STARTING, 2: SlotState.REVOKING,
