@@ -270,6 +270,7 @@ class PollState(enum.Enum):
     POLLING = "polling"      # a request in flight
     BACKOFF = "backoff"      # waiting out a failure's delay
     OPEN = "open"            # the breaker is open
+    MAINTENANCE = "maintenance"  # failed inside a declared maintenance window: probing slowly
     FAILED = "failed"
     STOPPED = "stopped"
 
@@ -277,9 +278,11 @@ class PollState(enum.Enum):
 _P = PollState
 POLL_TRANSITIONS: dict[PollState, frozenset[PollState]] = {
     _P.IDLE: frozenset({_P.POLLING, _P.STOPPED, _P.FAILED}),
-    _P.POLLING: frozenset({_P.IDLE, _P.BACKOFF, _P.OPEN, _P.STOPPED, _P.FAILED}),
+    _P.POLLING: frozenset({_P.IDLE, _P.BACKOFF, _P.OPEN, _P.MAINTENANCE, _P.STOPPED,
+                           _P.FAILED}),
     _P.BACKOFF: frozenset({_P.POLLING, _P.STOPPED, _P.FAILED}),
     _P.OPEN: frozenset({_P.POLLING, _P.STOPPED, _P.FAILED}),
+    _P.MAINTENANCE: frozenset({_P.POLLING, _P.STOPPED, _P.FAILED}),
     _P.FAILED: frozenset(),
     _P.STOPPED: frozenset(),
 }
@@ -305,20 +308,23 @@ class LoopView:
 
 
 def stream_status(loops: Iterable[LoopView]) -> SourceStatus:
-    """The source's status from its poll loops: streaming while any endpoint answers, open when
-    every breaker is open, waiting while one backs off, connecting before any answer."""
+    """The source's status from its poll loops: streaming while any endpoint answers, in
+    maintenance while one waits out a declared window (and none answers), open when every
+    breaker is open, waiting while one backs off, connecting before any answer."""
     views = list(loops)
-    if any(v.state is PollState.FAILED for v in views):
+    states = {v.state for v in views}
+    if PollState.FAILED in states:
         return SourceStatus.FAILED
-    if views and all(v.state is PollState.STOPPED for v in views):
+    if views and states == {PollState.STOPPED}:
         return SourceStatus.STOPPED
     if any(v.healthy for v in views):
         return SourceStatus.STREAMING
-    if views and all(v.state is PollState.OPEN for v in views):
+    if views and states == {PollState.OPEN}:
         return SourceStatus.OPEN
-    if any(v.healthy is False for v in views):
-        return SourceStatus.WAITING
-    return SourceStatus.CONNECTING
+    if PollState.MAINTENANCE in states:
+        return SourceStatus.MAINTENANCE
+    backing_off = any(v.healthy is False for v in views)
+    return SourceStatus.WAITING if backing_off else SourceStatus.CONNECTING
 
 
 def route(current: SourceStatus, target: SourceStatus) -> list[SourceStatus]:

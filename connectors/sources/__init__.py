@@ -32,9 +32,11 @@ def build(stream: AnyStream, config: Config, deps: SourceDeps,
     if isinstance(stream, GenesysCloudStream):
         from connectors.sources.genesys_cloud import GenesysCloudSource
 
-        return GenesysCloudSource(stream, config.connector, deps, stored)
+        return GenesysCloudSource(stream, config.connector, deps, stored,
+                                  maintenance=config.maintenance_for(stream))
     if isinstance(stream, CxoneStream):
         from connectors.sources.cxone import CxoneSource
 
-        return CxoneSource(stream, config.connector, deps, stored)
+        return CxoneSource(stream, config.connector, deps, stored,
+                           maintenance=config.maintenance_for(stream))
     assert_never(stream)

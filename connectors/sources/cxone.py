@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from ccstream.config import ConnectorSettings, CxoneStream
+from ccstream.config import ConnectorSettings, CxoneStream, MaintenanceWindow
 from ccstream.timefmt import rfc3339
 from connectors.kafka.cursor_store import StoredCursor
 from connectors.kafka.delivery import Delivery, safe_error
@@ -61,6 +61,7 @@ from connectors.policy.cxone_records import (
     record_of,
     server_epoch,
 )
+from connectors.policy.maintenance import Calendar
 from connectors.sources.base import CursorBody, SourceDeps, SourceStatus
 from connectors.sources.cxone_auth import CxoneAuth
 from connectors.sources.cxone_caller import Caller, Got
@@ -91,8 +92,10 @@ class CxoneSource:
     """One CXone stream (a ``Source``)."""
 
     def __init__(self, stream: CxoneStream, settings: ConnectorSettings, deps: SourceDeps,
-                 stored: StoredCursor | None = None, auth: CxoneAuth | None = None) -> None:
+                 stored: StoredCursor | None = None, *, auth: CxoneAuth | None = None,
+                 maintenance: Sequence[MaintenanceWindow] = ()) -> None:
         self.stream = stream
+        self.calendar = Calendar(maintenance)
         self.settings = settings
         self.deps = deps
         self.report = CxoneReport(stream.name, stream.endpoints)

@@ -15,7 +15,12 @@ pure decisions (``cxone_polling.classify``) until an answer is usable:
 * after it: 429/5xx ``Retry-After`` holds every request of the key; 401 → new token, then
   rediscovery, then the stream fails; 403 fails; 404 rediscovers once, then fails; 429, 5xx,
   timeouts and connection errors back off (a refused connection also rediscovers, §2); a 200
-  that is not JSON, or not the expected shape, goes to the DLQ with its reason and is retried.
+  that is not JSON, or not the expected shape, goes to the DLQ with its reason and is retried;
+* inside a declared maintenance window (``[[maintenance]]``, docs/operations.md) a retriable
+  failure counts towards neither the backoff nor the breaker: the loop reports ``maintenance``
+  and makes its next request after ``policy.maintenance.probe_delay`` (one probe per
+  ``probe_interval_s``, jittered; never before the key's ``Retry-After``), as the guide's
+  flavours do. Failures that fail the stream (401 after the ladder, 403, 404) still do.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from connectors.policy.cxone_polling import (
     classify,
     poll_transition,
 )
+from connectors.policy.maintenance import Calendar, Open, probe_delay
 from connectors.policy.retry import ReconnectPolicy, RetryWindow
 from connectors.sources.base import SourceDeps
 from connectors.sources.cxone_auth import CxoneAuth, CxoneAuthError
@@ -54,6 +60,7 @@ class CallHost(Protocol):
     auth: CxoneAuth
     report: CxoneReport
     stopping: Stopping
+    calendar: Calendar     # the stream's declared maintenance windows
     generation: int        # moves when Kafka lost records: answers asked for before are stale
 
     @property
@@ -232,6 +239,9 @@ class Caller:
             host.auth.stale(refused.base)  # §2: a refused connection or DNS failure
         clock = host.deps.clock
         floor = max(decision.retry_after_s, host.auth.holdoff.wait(clock()))
+        window = host.calendar.open_at(host.deps.wall())
+        if window is not None:
+            return await self._maintenance(refused, window, floor)
         plan = self.policy.failure(clock(), floor)
         self.healthy = False
         self.go(PollState.OPEN if self.policy.breaker.state is BreakerState.OPEN
@@ -241,4 +251,19 @@ class Caller:
         report.backoff(self.what, plan)
         slept = await host.stopping.sleep(plan.delay_s)
         report.backoff_over()
+        return slept
+
+    async def _maintenance(self, refused: _Refused, window: Open, floor: float) -> bool:
+        """A retriable failure inside a declared window: no backoff, no breaker; the next
+        request is one probe about ``probe_interval_s`` later (never before ``floor``)."""
+        host = self.host
+        delay = max(probe_delay(window, host.deps.wall(), host.deps.rand), floor)
+        self.healthy = False
+        self.go(PollState.MAINTENANCE)
+        host.report.failed_request(self.what, self.endpoint, status=refused.status,
+                                   decision=refused.decision, error=refused.error,
+                                   delay_s=delay)
+        host.report.maintenance(self.what, window.end, delay, refused.decision.cause)
+        slept = await host.stopping.sleep(delay)
+        host.report.backoff_over()
         return slept

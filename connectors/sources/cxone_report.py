@@ -3,7 +3,8 @@
 Every line and series carries ``stream``. Logs: ``discovery.done`` ``{api_endpoint, area}``,
 ``discovery.changed``, ``poll.failed`` ``{endpoint, status}``, ``poll.truncated``,
 ``poll.no_poll_time``, ``stream.gap`` ``{from, to, seconds, reason, endpoint}``,
-``backfill.started``, ``backfill.done`` ``{from, to, records, pages, seconds}``; plus the shared
+``backfill.started``, ``backfill.done`` ``{from, to, records, pages, seconds}``,
+``maintenance.waiting`` ``{endpoint, until, probe_in_s, dropped}``; plus the shared
 ``breaker.*``, ``stream.failed``, ``kafka.waiting``/``kafka.recovered``. Metrics:
 ``ccstream_polls_total{endpoint, outcome}``, ``ccstream_poll_rows_total{endpoint}``,
 ``ccstream_gaps_total``, ``ccstream_gap_seconds_total``, ``ccstream_backfill_records_total{kind}``,
@@ -97,6 +98,12 @@ class CxoneReport:
         self.log.warning("backfill.abandoned", **{"from": rfc3339(run.gap[0]),
                                                    "to": rfc3339(run.gap[1])},
                          pages=run.pages, why=why)
+
+    def maintenance(self, what: str, until: float, delay_s: float, dropped: str) -> None:
+        """A loop waits out a declared maintenance window (docs/operations.md)."""
+        metrics.BACKOFF_CURRENT.labels(self.name).set(delay_s)
+        self.log.info("maintenance.waiting", endpoint=what, until=rfc3339(until),
+                      probe_in_s=round(delay_s, 3), dropped=dropped)
 
     # -- breaker, backoff, failure ---------------------------------------------------------------
     def backoff(self, what: str, plan: Plan) -> None:

@@ -17,10 +17,11 @@ this module wires them, keeps the stream's status and reports.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from ccstream import metrics
-from ccstream.config import ConnectorSettings, GenesysCloudStream
+from ccstream.config import ConnectorSettings, GenesysCloudStream, MaintenanceWindow
 from ccstream.logs import BoundLogger
 from ccstream.timefmt import parse_rfc3339, rfc3339
 from connectors.kafka.cursor_store import StoredCursor
@@ -29,6 +30,7 @@ from connectors.policy import gc_topics, intervals, lifecycle
 from connectors.policy.breaker import BreakerState
 from connectors.policy.gc_channel import ChannelState
 from connectors.policy.gc_coverage import Coverage, Gap, GapBook, ReceiptProgress
+from connectors.policy.maintenance import Calendar
 from connectors.sources.base import CursorBody, SourceDeps, SourceStatus
 from connectors.sources.genesys_cloud_backfill import Backfiller
 from connectors.sources.genesys_cloud_channel import ChannelSlot
@@ -49,8 +51,10 @@ SOCKETED = (ChannelState.OPEN, ChannelState.SWITCHING)
 
 class GenesysCloudSource:
     def __init__(self, stream: GenesysCloudStream, settings: ConnectorSettings,
-                 deps: SourceDeps, stored: StoredCursor | None = None) -> None:
+                 deps: SourceDeps, stored: StoredCursor | None = None, *,
+                 maintenance: Sequence[MaintenanceWindow] = ()) -> None:
         self.stream = stream
+        self.calendar = Calendar(maintenance)
         self.settings = settings
         self.deps = deps
         self.observe = StreamObserver(stream.name, stream.platform)
@@ -207,6 +211,8 @@ class GenesysCloudSource:
             target = SourceStatus.OPEN
         elif slots and all(s.state in SOCKETED for s in slots):
             target = SourceStatus.STREAMING
+        elif any(s.waiting_out for s in slots):
+            target = SourceStatus.MAINTENANCE
         elif any(s.state is ChannelState.WAITING for s in slots):
             target = SourceStatus.WAITING
         else:

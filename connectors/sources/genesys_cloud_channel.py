@@ -13,6 +13,9 @@ their own tasks (``genesys_cloud_socket``), which report to the controller throu
 * 4000 on the current socket: ``channel.replaced``, a new channel. A 404 frame, a HEAD or a
   subscription 404: ``channel.gone``, a new channel. Any other ending: WAITING (backoff with
   jitter and salt, the breaker), then CHECKING (``HEAD``): 200 the same channel, 404 a new one.
+  Inside a declared maintenance window (``[[maintenance]]``, docs/operations.md) WAITING is one
+  jittered probe per ``probe_interval_s`` instead, counting towards neither the backoff nor the
+  breaker (``maintenance.waiting``; the slot is ``waiting_out`` and the stream ``maintenance``).
 
 The attempt counter resets at a new socket's first notification or heartbeat (§5).
 """
@@ -28,6 +31,7 @@ from typing import Any, Protocol
 from ccstream import metrics
 from ccstream.config import ConnectorSettings, GenesysCloudStream
 from ccstream.logs import BoundLogger
+from ccstream.timefmt import rfc3339
 from connectors.kafka.delivery import Delivery
 from connectors.policy.backoff import Backoff
 from connectors.policy.breaker import Breaker, BreakerState
@@ -44,7 +48,8 @@ from connectors.policy.gc_channel import (
     step,
 )
 from connectors.policy.gc_coverage import Coverage, Gap
-from connectors.policy.retry import ReconnectPolicy, RetryWindow
+from connectors.policy.maintenance import Calendar, Open, probe_delay
+from connectors.policy.retry import Plan, ReconnectPolicy, RetryWindow
 from connectors.sources import genesys_cloud_socket as sockets
 from connectors.sources.base import SourceDeps
 from connectors.sources.genesys_cloud_rest import CHANNELS, GcFatalError, GcRest, StoppedError
@@ -73,6 +78,7 @@ class SlotHost(Protocol):
     stopping: Stopping
     observe: StreamObserver
     tls: ssl.SSLContext
+    calendar: Calendar     # the stream's declared maintenance windows
 
     @property
     def coverage(self) -> Coverage: ...
@@ -108,6 +114,7 @@ class ChannelSlot:
         self.last_put = 0.0                   # clock: the last successful PUT
         self._numbers = 0
         self._cause = "connect_error"         # why the slot is WAITING
+        self.waiting_out = False              # WAITING inside a maintenance window
         self._switcher: asyncio.Task[None] | None = None
 
     # -- the machine -----------------------------------------------------------------------------
@@ -211,10 +218,30 @@ class ChannelSlot:
             await self._sleep(wait)
 
     async def _wait(self) -> Event:
+        window = self.host.calendar.open_at(self.wall())
+        if window is not None:
+            return await self._wait_out(window)
         plan = self.policy.failure(self.clock())
         self.host.slot_changed()
         self.host.observe.reconnect_scheduled(Disposition(Action.RECONNECT, self._cause), plan)
         await self._sleep(plan.delay_s)
+        self.host.observe.backoff_over()
+        return Event.BACKOFF_OVER
+
+    async def _wait_out(self, window: Open) -> Event:
+        """WAITING inside a declared window: one probe about every ``probe_interval_s``, no
+        backoff, no breaker (the platform said it would be away)."""
+        delay = probe_delay(window, self.wall(), self.host.deps.rand)
+        self.waiting_out = True
+        self.host.slot_changed()
+        self.log.info("maintenance.waiting", until=rfc3339(window.end),
+                      probe_in_s=round(delay, 3), dropped=self._cause)
+        self.host.observe.reconnect_scheduled(Disposition(Action.RECONNECT, "maintenance"),
+                                              Plan(delay, 0, self.policy.breaker.state))
+        try:
+            await self._sleep(delay)
+        finally:
+            self.waiting_out = False
         self.host.observe.backoff_over()
         return Event.BACKOFF_OVER
 

@@ -15,9 +15,10 @@ import base64
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from support.connector import FAST_CONNECTOR, until
 from support.memory_sink import MemorySink
 
 from ccstream import records
-from ccstream.config import ConnectorSettings, CxoneStream
+from ccstream.config import ConnectorSettings, CxoneStream, MaintenanceWindow
 from ccstream.logs import JsonFormatter, fields_of
 from ccstream.timefmt import parse_rfc3339, rfc3339
 from connectors.kafka.cursor_store import StoredCursor
@@ -35,7 +36,7 @@ from connectors.platforms import Frame
 from connectors.policy.cxone_records import EVENT_TYPES, canonical
 from connectors.policy.intervals import merge
 from connectors.policy.ratelimit import TokenBucket
-from connectors.sources.base import Shared, SourceDeps, SourceStatus
+from connectors.sources.base import Shared, Source, SourceDeps, SourceStatus
 from connectors.sources.cxone import CxoneSource
 from simulator.cxone import CxFault, CxoneSimulator, CxSettings, CxTenant
 
@@ -79,12 +80,17 @@ class FlakySink(MemorySink):
 
 @asynccontextmanager
 async def _running(url: str, sink: MemorySink, stored: StoredCursor | None = None,
-                   shared: Shared | None = None, **kw: Any) -> AsyncIterator[CxoneSource]:
+                   shared: Shared | None = None,
+                   maintenance: tuple[MaintenanceWindow, ...] = (),
+                   on_change: Callable[[Source], None] = lambda _: None,
+                   **kw: Any) -> AsyncIterator[CxoneSource]:
     async with aiohttp.ClientSession() as http:
         loop = asyncio.get_running_loop()
         deps = SourceDeps(sink, TokenBucket(100.0, 20, loop.time()), loop.time, time.time,
-                          lambda: 0.5, http=http, shared=shared or Shared())
-        source = CxoneSource(_stream(url, **kw), SETTINGS, deps, stored)
+                          lambda: 0.5, http=http, shared=shared or Shared(),
+                          on_change=on_change)
+        source = CxoneSource(_stream(url, **kw), SETTINGS, deps, stored,
+                             maintenance=maintenance)
         task = loop.create_task(source.run())
         try:
             yield source
@@ -271,6 +277,41 @@ async def test_a_version_unserved_between_answers_held_apart_by_a_retry_after_is
     assert _judge(sim, sink.raw(), _gaps(caplog), (start, end), (skills,), interval) == []
     assert [g["reason"] for g in _events(caplog, "stream.gap") if g["endpoint"] == skills] \
         == ["poll_failed"]
+
+
+async def test_inside_a_maintenance_window_failing_polls_probe_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every API answer is a 503 (no Retry-After). Inside a declared window each endpoint
+    makes one request per probe_interval_s (jitter pinned at its middle), the stream reports
+    maintenance and no breaker opens; after the window the same answers back off and open
+    every endpoint's breaker. No rule of the platform is broken."""
+    caplog.set_level(logging.INFO)
+    probe, length = 0.3, 1.2
+    async with _sim() as sim:
+        sim.inject(CxFault(kind="rest_error", access_key=KEY, status=503, count=400))
+        now = time.time()
+        window = MaintenanceWindow(platform="cxone", start=datetime.fromtimestamp(now - 1.0, UTC),
+                                   end=datetime.fromtimestamp(now + length, UTC),
+                                   probe_interval_s=probe)
+        statuses: list[SourceStatus] = []
+        async with _running(sim.base_url, MemorySink(), maintenance=(window,),
+                            on_change=lambda s: statuses.append(s.status)) as source:
+            await until(lambda: source.status is SourceStatus.OPEN, timeout=10)
+        assert sim.rules(KEY) == ZERO
+    end = now + length
+    waits = [(r.created, fields_of(r)) for r in caplog.records
+             if r.getMessage() == "maintenance.waiting"]
+    assert waits and all(at < end + 0.1 and f["dropped"] for at, f in waits)
+    for endpoint in ENDPOINTS:
+        inside = [f for at, f in waits if f["endpoint"] == endpoint]
+        # the first failure, then one probe per interval (each fails again) until the end
+        assert 2 <= len(inside) <= 2 + round(length / probe), endpoint
+        assert all(f["probe_in_s"] <= probe + 0.01 for f in inside)
+    opened = [r.created for r in caplog.records if r.getMessage() == "breaker.opened"]
+    assert len(opened) >= len(ENDPOINTS) and min(opened) >= end
+    assert SourceStatus.MAINTENANCE in statuses
+    last_maintenance = len(statuses) - 1 - statuses[::-1].index(SourceStatus.MAINTENANCE)
+    assert SourceStatus.OPEN in statuses[last_maintenance:]
 
 
 async def test_auth_faults_recover_and_no_token_is_used_past_its_expiry(

@@ -68,8 +68,9 @@ def clock_of(sim: GenesysCloudSimulator) -> Clock:
     return clock
 
 
-def config(sim: GenesysCloudSimulator, name: str = NAME, **stream: Any) -> Config:
-    return parse({"connector": CONNECTOR, "streams": [{
+def config(sim: GenesysCloudSimulator, name: str = NAME,
+           maintenance: tuple[dict[str, Any], ...] = (), **stream: Any) -> Config:
+    return parse({"connector": CONNECTOR, "maintenance": list(maintenance), "streams": [{
         "name": name, "platform": "genesys-cloud", "api_url": sim.base_url,
         "client_id": CLIENT, "client_secret": SECRET, "topics": TOPICS, "settle_s": SETTLE_S,
         "health_after_s": 1.0, "health_timeout_s": 0.5, **stream}]}, environ={})
@@ -127,16 +128,19 @@ class Run:
 @asynccontextmanager
 async def running(sim: GenesysCloudSimulator, caplog: pytest.LogCaptureFixture, *,
                   sink: MemorySink | None = None, stored: StoredCursor | None = None,
-                  shared: Shared | None = None, **stream: Any) -> AsyncIterator[Run]:
+                  shared: Shared | None = None, maintenance: tuple[dict[str, Any], ...] = (),
+                  on_change: Callable[[Source], None] = lambda _: None,
+                  **stream: Any) -> AsyncIterator[Run]:
     """The source in a task; stopped (bounded) on the way out, its last cursor kept."""
     caplog.set_level(logging.INFO)
-    cfg = config(sim, **stream)
+    cfg = config(sim, maintenance=maintenance, **stream)
     sink = sink or MemorySink()
     clock = clock_of(sim)
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as http:
         deps = SourceDeps(sink, TokenBucket(100.0, 20, loop.time()), loop.time, clock,
-                          lambda: 0.5, http=http, shared=shared or Shared())
+                          lambda: 0.5, http=http, shared=shared or Shared(),
+                          on_change=on_change)
         source = build(cfg.streams[0], cfg, deps, stored)
         run = Run(source, sink, caplog, loop.create_task(source.run()), clock)
         try:
@@ -276,6 +280,47 @@ async def test_a_socket_reset_is_a_gap_that_backfill_fills(
         assert {s.headers[records.H_GAP] for s in run.backfill()} == {
             f"{gap['from']}/{gap['to']}"}
         assert metrics.GAPS.labels(NAME)._value.get() >= 1
+        judge(sim, run, until_s)
+
+
+async def test_inside_a_maintenance_window_a_dropped_socket_probes_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Inside a declared window every socket is reset at once: each WAITING is one probe after
+    probe_interval_s (jitter pinned at its middle), never the backoff or the breaker, and the
+    stream reports maintenance; the drops are one gap, backfilled as usual. Once the window is
+    over (the shared clock moves past its end) a reset backs off again."""
+    probe = 0.3
+    async with GenesysCloudSimulator(sim_settings()) as sim:
+        clock = clock_of(sim)
+        window = {"platform": "genesys-cloud", "start": rfc3339(clock() - 1.0),
+                  "end": rfc3339(clock() + 30.0), "probe_interval_s": probe}
+        statuses: list[SourceStatus] = []
+        async with running(sim, caplog, maintenance=(window,),
+                           on_change=lambda s: statuses.append(s.status)) as run:
+            await until(run.streaming)
+            sim.inject(GcFault(kind="reset", client=CLIENT, count=3))
+            await until(lambda: len(run.events("maintenance.waiting")) == 3 and run.streaming())
+            waits = run.events("maintenance.waiting")
+            assert all(w["probe_in_s"] == probe and w["dropped"] == "socket_closed"
+                       for w in waits)
+            scheduled = run.events("ws.reconnect_scheduled")
+            assert [s["cause"] for s in scheduled] == ["maintenance"] * 3
+            assert all(s["attempts"] == 0 for s in scheduled)
+            assert SourceStatus.MAINTENANCE in statuses and not run.events("breaker.opened")
+            settle(run)
+            await until(run.backfilled)
+            clock.advance(30.0)  # the window is over: the same fault is backoff again
+            sim.inject(GcFault(kind="reset", client=CLIENT))
+            gaps = len(run.events("stream.gap"))
+            await until(lambda: len(run.events("ws.reconnect_scheduled")) == 4
+                        and len(run.events("stream.gap")) > gaps and run.streaming())
+            settle(run)
+            await until(lambda: run.backfilled() and len(run.events("backfill.done")) >= 2)
+            until_s = await quiesce(sim, run)
+        after = run.events("ws.reconnect_scheduled")[-1]
+        assert after["cause"] == "socket_closed" and after["attempts"] == 1
+        assert len(run.events("maintenance.waiting")) == 3
+        assert sim.stats[CLIENT].channels_created == 1  # every HEAD answered 200
         judge(sim, run, until_s)
 
 

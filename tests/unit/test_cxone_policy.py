@@ -383,8 +383,9 @@ def test_every_poll_transition_in_the_table_is_allowed_and_others_refused() -> N
 
 
 def test_the_stream_status_folds_the_loops() -> None:
-    """Streaming while any endpoint answers; open when every breaker is open; waiting while
-    one backs off; connecting before any answer; failed when one failed."""
+    """Streaming while any endpoint answers; open when every breaker is open; in maintenance
+    while one waits out a declared window and none answers; waiting while one backs off;
+    connecting before any answer; failed when one failed."""
     ok = LoopView(PollState.IDLE, True)
     backing = LoopView(PollState.BACKOFF, False)
     opened = LoopView(PollState.OPEN, False)
@@ -393,6 +394,11 @@ def test_the_stream_status_folds_the_loops() -> None:
     assert stream_status([opened, backing]) is SourceStatus.WAITING
     assert stream_status([LoopView(PollState.POLLING, None)]) is SourceStatus.CONNECTING
     assert stream_status([ok, LoopView(PollState.FAILED, False)]) is SourceStatus.FAILED
+    waiting_out = LoopView(PollState.MAINTENANCE, False)
+    assert stream_status([waiting_out, backing]) is SourceStatus.MAINTENANCE
+    assert stream_status([waiting_out, opened]) is SourceStatus.MAINTENANCE
+    assert stream_status([waiting_out, ok]) is SourceStatus.STREAMING
+    assert stream_status([waiting_out, LoopView(PollState.FAILED, False)]) is SourceStatus.FAILED
 
 
 def test_routes_only_take_allowed_transitions() -> None:
