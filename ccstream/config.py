@@ -189,23 +189,25 @@ def key_error(key: str, problem: str) -> PydanticCustomError:
                                {"key": key, "problem": problem})
 
 
-PROXY_SCHEMES = ("http", "https")
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
 def proxy_problem(url: str) -> str | None:  # noqa: PLR0911 (one return per rule)
     """Why ``url`` is not a usable proxy (None: it is). Never quotes the URL: it may carry the
-    proxy's password. SOCKS is refused: websockets needs python-socks and aiohttp needs
-    aiohttp-socks for it, and ccstream installs neither (docs/operations.md, "Proxies")."""
+    proxy's password. HTTP CONNECT (``http://``, ``https://``) and SOCKS5 (``socks5://``,
+    ``socks5h://``: the proxy resolves names); SOCKS4 is refused: it has no password and no
+    IPv6, and a proxy that speaks it speaks SOCKS5 too (docs/operations.md, "Proxies")."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return "not a URL (expected http://[user:password@]host:port)"
-    if parts.scheme.startswith("socks"):
-        return (f"{parts.scheme}:// is not supported (SOCKS needs python-socks and "
-                "aiohttp-socks, which ccstream does not install): use an HTTP CONNECT proxy")
+    if parts.scheme in ("socks4", "socks4a"):
+        return (f"{parts.scheme}:// is not supported (SOCKS4 has no password and no IPv6): "
+                "use socks5:// or socks5h://")
     if parts.scheme not in PROXY_SCHEMES:
-        return "the scheme must be http:// or https:// (http://[user:password@]host:port)"
+        return ("the scheme must be http://, https://, socks5:// or socks5h:// "
+                "(http://[user:password@]host:port)")
     if not parts.hostname:
         return "no host (expected http://[user:password@]host:port)"
     if parts.path not in ("", "/") or parts.query or parts.fragment:

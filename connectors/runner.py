@@ -48,6 +48,7 @@ from connectors.kafka.sink import KafkaSink
 from connectors.policy.ratelimit import TokenBucket
 from connectors.salt import instance_salt, salted_random
 from connectors.sources.base import CursorBody, Shared, Sink, Source, SourceDeps, SourceStatus
+from connectors.sources.proxy import client_session
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -152,7 +153,7 @@ class Runner:
                     allow_empty=self.config.cluster.enabled)
                 metrics_runner = await metrics.serve(self.config.metrics.host,
                                                      self.config.metrics.port, probes)
-            async with aiohttp.ClientSession() as http:
+            async with client_session() as http:  # and its SOCKS sessions (sources.proxy)
                 builder = SourceBuilder(self.config, self.sink, http, wall=self.wall,
                                         on_change=self._on_change)
                 if self.config.cluster.enabled:

@@ -31,7 +31,7 @@ from ccstream.logs import BoundLogger, get_logger
 from connectors.policy.close_codes import retry_after_seconds
 from connectors.policy.session import CERT_ERROR
 from connectors.policy.token_expiry import Token, expires_at, jwt_exp, refresh_at
-from connectors.sources.proxy import Route, aiohttp_kwargs
+from connectors.sources.proxy import SOCKS_ERRORS, Route, aiohttp_kwargs, routed, socks_refusal
 
 Clock = Callable[[], float]
 
@@ -65,6 +65,7 @@ class TokenManager:
         self._http = http
         self._clock = clock
         self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
+        self._route = proxy
         self._proxy = aiohttp_kwargs(proxy)  # the stream's proxy decision (sources.proxy)
         self._fatal: TokenError | None = None
         self.log = log or get_logger("ccstream.tokens", credential=client_id)
@@ -138,6 +139,12 @@ class TokenManager:
             raise TokenError(self.client_id, err.status, "proxy_authentication_required"
                              if err.status == 407 else "proxy_error",
                              retriable=err.status != 407) from None
+        except SOCKS_ERRORS as err:
+            # a SOCKS proxy's refusal: wrong credentials do not heal (as a 407), others might
+            refusal = socks_refusal(err)
+            metrics.TOKEN_REFRESHES.labels(**labels, outcome="proxy_error").inc()
+            raise TokenError(self.client_id, None, refusal,
+                             retriable=refusal != "proxy_authentication_required") from None
         except (aiohttp.ClientError, TimeoutError) as err:
             metrics.TOKEN_REFRESHES.labels(**labels, outcome="error").inc()
             raise TokenError(self.client_id, None, type(err).__name__, retriable=True) from None
@@ -156,8 +163,9 @@ class TokenManager:
         return token
 
     async def _post(self, form: dict[str, str]) -> tuple[int, dict[str, Any], float]:
-        async with self._http.post(self.token_url, data=form, headers=self._headers,
-                                   ssl=self._ssl, **self._proxy) as response:
+        async with routed(self._http, self._route).post(
+                self.token_url, data=form, headers=self._headers, ssl=self._ssl,
+                **self._proxy) as response:
             raw = await response.read()
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             try:

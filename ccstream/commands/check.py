@@ -155,12 +155,11 @@ async def _topics(config: Config, admin: Any, brokers: int, out: Emit) -> None:
 
 # -- credentials and endpoints ---------------------------------------------------------------------
 async def _platforms(config: Config, out: Emit) -> None:
-    import aiohttp
-
     from ccstream.commands import check_platforms as platforms
     from connectors.sources import check_secrets
+    from connectors.sources.proxy import client_session
 
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         probe = platforms.Probe(config.connector, http, time.time)
         for stream in config.streams:
             try:

@@ -112,6 +112,10 @@ def classify(status: int | None, *, ladder: AuthLadder,  # noqa: PLR0911 (a tabl
             f"{what}: 404 after a new discovery" if action is Action.FAIL else ""))
     if status == 429:
         return Decision(Action.RETRY, "throttled", retry_after_s)
+    if status == 407:  # the proxy refused its credentials (an HTTP 407 or a SOCKS refusal)
+        return Decision(Action.FAIL, "proxy_refused", detail=(
+            f"{what}: 407 the proxy refused its credentials (check the proxy's user and "
+            "password in proxy or HTTPS_PROXY)"))
     if status >= 500:
         return Decision(Action.RETRY, "server_error", retry_after_s)
     # another 4xx: nothing in §3 says it heals, but the breaker bounds the retries

@@ -65,7 +65,8 @@ class GenesysCloudSource:
         self.tls = tls_context(stream, self.log)
         self.client = shared_client(stream, settings, deps, self.tls, self.log)
         self.rest = GcRest(stream, settings, deps, client=self.client, stopping=self.stopping,
-                           log=self.log, context=self.tls)
+                           log=self.log, context=self.tls, calendar=self.calendar,
+                           on_wait=self.slot_changed)
         self.progress = ReceiptProgress()
         self.delivery = Delivery(stream, deps.sink, self.progress, deps.wall, log=self.log,
                                  on_failure=lambda: None)  # the watermark holds (§6)
@@ -211,7 +212,7 @@ class GenesysCloudSource:
             target = SourceStatus.OPEN
         elif slots and all(s.state in SOCKETED for s in slots):
             target = SourceStatus.STREAMING
-        elif any(s.waiting_out for s in slots):
+        elif any(s.waiting_out for s in slots) or self.rest.waiting_out:
             target = SourceStatus.MAINTENANCE
         elif any(s.state is ChannelState.WAITING for s in slots):
             target = SourceStatus.WAITING

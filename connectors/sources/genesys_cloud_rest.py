@@ -10,7 +10,11 @@ one Retry-After clock (``HoldOff``), one channel budget and one lock (``GcClient
   one at a time (the lock), so that no request already on its way can reach the server after a
   429 another request got;
 * 401: one new token and one retry, then the stream fails; 5xx or no answer: backoff (jitter,
-  salt), the same call; every other answer goes back to the caller (``classify_answer``).
+  salt), the same call; every other answer goes back to the caller (``classify_answer``);
+* inside a declared maintenance window (``[[maintenance]]``, docs/operations.md) a 5xx, no
+  answer or a token 5xx waits one jittered probe per ``probe_interval_s`` instead of the
+  backoff (never before a ``Retry-After``), logged ``maintenance.waiting`` with the ``call``;
+  while any call waits so, ``waiting_out`` is above 0 and the stream may report ``maintenance``.
 
 Token failures: ``invalid_client`` fails the stream with one clear line; a token 429 holds the
 client's clock; 5xx backs off. Tokens and the secret never reach logs or errors (``http.call``
@@ -31,11 +35,13 @@ import aiohttp
 from ccstream.config import ConnectorSettings, GenesysCloudStream
 from ccstream.errors import CcstreamError
 from ccstream.logs import BoundLogger
+from ccstream.timefmt import rfc3339
 from connectors.policy.backoff import Backoff
 from connectors.policy.gc_channel import Answer as Outcome
 from connectors.policy.gc_channel import classify_answer
 from connectors.policy.gc_topics import ChannelBudget
 from connectors.policy.holdoff import HoldOff
+from connectors.policy.maintenance import Calendar, Open, probe_delay
 from connectors.sources.base import SourceDeps, TokenSource
 from connectors.sources.http import Answer, call
 from connectors.sources.proxy import proxy_rules
@@ -99,7 +105,8 @@ def shared_client(stream: GenesysCloudStream, settings: ConnectorSettings, deps:
 class GcRest:
     def __init__(self, stream: GenesysCloudStream, settings: ConnectorSettings,
                  deps: SourceDeps, *, client: GcClient, stopping: Stopping, log: BoundLogger,
-                 context: ssl.SSLContext) -> None:
+                 context: ssl.SSLContext, calendar: Calendar | None = None,
+                 on_wait: Callable[[], None] = lambda: None) -> None:
         assert deps.http is not None, "the Genesys Cloud source needs an HTTP session"
         self.stream = stream
         self.client = client
@@ -113,6 +120,11 @@ class GcRest:
         self._proxy = proxy_rules(deps).route(self.api, stream.proxy)
         self.backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.jitter,
                                deps.rand, settings.deployment_offset_s)
+        self.calendar = calendar or Calendar(())
+        self.wall: Callable[[], float] = deps.wall
+        self.rand: Callable[[], float] = deps.rand
+        self.waiting_out = 0            # calls waiting out a maintenance window now
+        self._on_wait = on_wait         # told when ``waiting_out`` moves
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: dict[str, str] | None = None) -> Answer:
@@ -135,6 +147,15 @@ class GcRest:
                 retried_auth = True
                 continue
             if outcome is Outcome.RETRY:  # a 503's Retry-After is a floor of this call's wait
+                window = self.calendar.open_at(self.wall())
+                if window is not None:
+                    delay = max(probe_delay(window, self.wall(), self.rand),
+                                answer.retry_after_s)
+                    self._retrying(method, path, answer, delay)
+                    await self._wait_out(window, delay, f"{method} {path}",
+                                         "no_answer" if answer.status is None else
+                                         f"status_{answer.status}")
+                    continue
                 delay = self.backoff.delay(attempt, answer.retry_after_s)
                 attempt += 1
                 self._retrying(method, path, answer, delay)
@@ -196,14 +217,20 @@ class GcRest:
                 token = await self.stopping.race(self.client.tokens.get())
             except TokenError as err:
                 if not err.retriable:
+                    fix = ("check the proxy's user and password (proxy or HTTPS_PROXY)"
+                           if err.error == "proxy_authentication_required"
+                           else "check client_id and the client secret")
                     raise GcFatalError(
                         f"stream {self.stream.name}: the token request was refused "
-                        f"({err.status} {err.error}): check client_id and the client secret"
-                    ) from None
+                        f"({err.status or 'no answer'} {err.error}): {fix}") from None
                 self.log.warning("token.failed", status=err.status, error=err.error,
                                  retry_after_s=err.retry_after_s)
+                window = self.calendar.open_at(self.wall())
                 if err.status == 429:  # §2: nothing before Retry-After (token requests too)
                     self.client.hold.hold(self.clock(), err.retry_after_s or DEFAULT_HOLD_S)
+                elif window is not None:
+                    await self._wait_out(window, probe_delay(window, self.wall(), self.rand),
+                                         "token", err.error)
                 else:
                     await self._sleep(self.backoff.delay(attempt))
                     attempt += 1
@@ -215,6 +242,18 @@ class GcRest:
     async def _sleep(self, seconds: float) -> None:
         if not await self.stopping.sleep(seconds):
             raise StoppedError
+
+    async def _wait_out(self, window: Open, delay: float, what: str, dropped: str) -> None:
+        """A failed call inside a declared window: one probe ``delay`` later, no backoff."""
+        self.log.info("maintenance.waiting", call=what, until=rfc3339(window.end),
+                      probe_in_s=round(delay, 3), dropped=dropped)
+        self.waiting_out += 1
+        self._on_wait()
+        try:
+            await self._sleep(delay)
+        finally:
+            self.waiting_out -= 1
+            self._on_wait()
 
     # -- reports ---------------------------------------------------------------------------------
     def _retrying(self, method: str, path: str, answer: Answer, delay_s: float) -> None:

@@ -21,7 +21,10 @@ import aiohttp
 import orjson
 
 from connectors.policy.close_codes import retry_after_seconds
-from connectors.sources.proxy import Route, aiohttp_kwargs
+from connectors.sources.proxy import SOCKS_ERRORS, Route, aiohttp_kwargs, routed, socks_refusal
+
+PROXY_AUTH = 407                                  # the proxy refused its credentials
+PROXY_REFUSED = "proxy_authentication_required"
 
 
 @dataclass(frozen=True)
@@ -58,26 +61,27 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, *, timeout_s:
                data: dict[str, str] | None = None, params: dict[str, str] | None = None,
                ssl: ssl_module.SSLContext | bool = True, proxy: Route | None = None) -> Answer:
     """``method url`` bounded by ``timeout_s`` in all (connect, send, read); through ``proxy``
-    (HTTP CONNECT for https, absolute-form for http) when one is given."""
+    (HTTP CONNECT for https, absolute-form for http, or SOCKS5) when one is given.
+
+    A proxy that refuses its credentials is status 407 whatever the proxy's kind: an HTTP
+    proxy's own answer to a proxied request or to a CONNECT, and a SOCKS5 authentication failure
+    read as it (``error = "proxy_authentication_required"``), so that every caller's table
+    treats it as what does not heal. Any other refusal of a proxy is no answer, as a refused
+    connection is (``proxy_error ...``)."""
     body = orjson.dumps(json) if json is not None else None
     sent = dict(headers or {})
     if body is not None:
         sent.setdefault("Content-Type", "application/json")
     try:
         async with asyncio.timeout(timeout_s):
-            async with http.request(method, url, headers=sent, data=body if body else data,
-                                    params=params, ssl=ssl,
-                                    **aiohttp_kwargs(proxy)) as response:
+            async with routed(http, proxy).request(
+                    method, url, headers=sent, data=body if body else data, params=params,
+                    ssl=ssl, **aiohttp_kwargs(proxy)) as response:
                 raw = await response.read()
                 got = {k.lower(): v for k, v in response.headers.items()}
                 status = response.status
-    except TimeoutError:
-        return Answer(None, error=f"no answer within {timeout_s} s", timed_out=True)
-    except aiohttp.ClientConnectorCertificateError as err:
-        return Answer(None, error=f"certificate_verify_failed: {_where(url)}: "
-                                  f"{err.certificate_error}")
-    except (aiohttp.ClientError, OSError) as err:
-        return Answer(None, error=f"{type(err).__name__} ({_where(url)})")
+    except _FAILURES as err:
+        return _unanswered(err, url, timeout_s)
     decoded: Any = None
     problem = ""
     if raw:
@@ -86,6 +90,31 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, *, timeout_s:
         except orjson.JSONDecodeError:
             problem = "not_json"
     return Answer(status, decoded, raw, got, problem)
+
+
+# what a request can raise instead of answering (aiohttp-socks' errors are not OSErrors)
+_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ClientError, OSError,
+                                              *SOCKS_ERRORS)
+
+
+def _unanswered(err: BaseException, url: str, timeout_s: float) -> Answer:  # noqa: PLR0911
+    """The ``Answer`` of a request that raised ``err`` (one return per kind, most specific
+    first: the exception classes nest)."""
+    if isinstance(err, TimeoutError):
+        return Answer(None, error=f"no answer within {timeout_s} s", timed_out=True)
+    if isinstance(err, aiohttp.ClientHttpProxyError):  # the HTTP proxy refused the CONNECT
+        if err.status == PROXY_AUTH:
+            return Answer(PROXY_AUTH, error=PROXY_REFUSED)
+        return Answer(None, error=f"proxy_error {err.status} ({_where(url)})")
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        return Answer(None, error=f"certificate_verify_failed: {_where(url)}: "
+                                  f"{err.certificate_error}")
+    if isinstance(err, aiohttp.ClientError | OSError):
+        return Answer(None, error=f"{type(err).__name__} ({_where(url)})")
+    refusal = socks_refusal(err)
+    if refusal == PROXY_REFUSED:
+        return Answer(PROXY_AUTH, error=PROXY_REFUSED)
+    return Answer(None, error=f"{refusal} SOCKS ({_where(url)})")
 
 
 def _where(url: str) -> str:

@@ -14,17 +14,30 @@ websockets (``connect(proxy=...)``, 15+) and aiohttp (``proxy=`` per request) bo
 ccstream passes the proxy to each explicitly, so that neither library reads the environment on
 its own with different rules. The proxy's password is a secret: ``Route`` never shows it
 (``repr``, ``shown``), and the log redaction (``ccstream.logs``) strips it from any URL.
+
+SOCKS5 (``socks5://``: ccstream resolves the target's name; ``socks5h://``: the proxy does, as
+curl reads the two): websockets speaks it through python-socks; aiohttp cannot take a SOCKS proxy
+per request, so a request through one goes through an aiohttp session of its own whose connector
+(aiohttp-socks) opens every connection through that proxy (``routed``), one per proxy URL and
+base session, closed with it (``client_session``). python-socks and aiohttp-socks are used here
+only: their errors become ``socks_refusal``'s reading (``proxy_authentication_required`` when the
+proxy refused the credentials, which do not heal; ``proxy_error`` otherwise).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
+import aiohttp_socks
+import python_socks
 from pydantic import SecretStr
 
 from ccstream.config import environment_proxies
@@ -60,13 +73,19 @@ class Route:
         scheme, rest = self.bare.split("://", 1)
         return f"{scheme}://{unquote(user)}:[redacted]@{rest}"
 
+    @property
+    def socks(self) -> bool:
+        """A SOCKS5 proxy (``socks5://`` or ``socks5h://``), not an HTTP CONNECT one."""
+        return urlsplit(self.url).scheme in SOCKS_SCHEMES
+
     def aiohttp(self) -> dict[str, Any]:
-        """The keyword arguments of one aiohttp request through this proxy. aiohttp turns the
-        URL's credentials into ``Proxy-Authorization`` itself, for a CONNECT (``https://``) and
-        for a proxied ``http://`` request alike; ``proxy_headers`` would reach only the first.
-        Error text never carries it: ``http.call`` and the token manager report an error's type,
-        and the log redaction strips any URL's password."""
-        return {"proxy": self.url}
+        """The keyword arguments of one aiohttp request through this HTTP proxy (a SOCKS proxy
+        is the session's connector instead: ``routed``). aiohttp turns the URL's credentials
+        into ``Proxy-Authorization`` itself, for a CONNECT (``https://``) and for a proxied
+        ``http://`` request alike; ``proxy_headers`` would reach only the first. Error text
+        never carries it: ``http.call`` and the token manager report an error's type, and the
+        log redaction strips any URL's password."""
+        return {} if self.socks else {"proxy": self.url}
 
     def __repr__(self) -> str:
         return f"Route({self.shown!r}, origin={self.origin!r})"
@@ -75,6 +94,68 @@ class Route:
 def aiohttp_kwargs(route: Route | None) -> dict[str, Any]:
     """``route.aiohttp()``, or nothing for a direct request."""
     return route.aiohttp() if route is not None else {}
+
+
+SOCKS_SCHEMES = ("socks5", "socks5h")
+# the aiohttp sessions that go through a SOCKS proxy, per base session and proxy URL
+_SOCKS_SESSIONS: weakref.WeakKeyDictionary[aiohttp.ClientSession,
+                                           dict[str, aiohttp.ClientSession]] = (
+    weakref.WeakKeyDictionary())
+
+
+def routed(http: aiohttp.ClientSession, route: Route | None) -> aiohttp.ClientSession:
+    """The session a request through ``route`` is made with: ``http`` itself when direct or
+    through an HTTP proxy (``aiohttp_kwargs`` adds ``proxy=``), else the SOCKS session of that
+    proxy, made on first use (the caller's event loop) and closed with ``http`` by
+    ``close_routed``."""
+    if route is None or not route.socks:
+        return http
+    sessions = _SOCKS_SESSIONS.setdefault(http, {})
+    session = sessions.get(route.url)
+    if session is None or session.closed:
+        parts = urlsplit(route.url)
+        connector = aiohttp_socks.ProxyConnector(
+            host=parts.hostname or "", port=parts.port or 1080,
+            proxy_type=python_socks.ProxyType.SOCKS5,
+            username=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            rdns=parts.scheme == "socks5h")
+        session = aiohttp.ClientSession(connector=connector)
+        sessions[route.url] = session
+    return session
+
+
+async def close_routed(http: aiohttp.ClientSession) -> None:
+    """Close the SOCKS sessions ``routed`` made for ``http``."""
+    for session in _SOCKS_SESSIONS.pop(http, {}).values():
+        await session.close()
+
+
+@asynccontextmanager
+async def client_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp session for a process's streams, and the SOCKS sessions made for it, closed
+    together on the way out."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            yield http
+        finally:
+            await close_routed(http)
+
+
+# what python-socks says when the proxy would not take the credentials (or wanted some)
+_SOCKS_AUTH = ("authentication", "no acceptable authentication")
+# everything either library raises for a SOCKS proxy (aiohttp-socks' own are not OSErrors)
+SOCKS_ERRORS: tuple[type[Exception], ...] = (
+    python_socks.ProxyError, python_socks.ProxyConnectionError, python_socks.ProxyTimeoutError,
+    aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError, aiohttp_socks.ProxyTimeoutError)
+
+
+def socks_refusal(err: BaseException) -> str:
+    """A SOCKS proxy's refusal as ccstream reads it: ``proxy_authentication_required`` (wrong
+    or missing credentials: they do not heal, as an HTTP proxy's 407) or ``proxy_error``."""
+    text = str(err).lower()
+    return ("proxy_authentication_required" if any(w in text for w in _SOCKS_AUTH)
+            else "proxy_error")
 
 
 def _host_port(url: str) -> tuple[str, int | None]:

@@ -324,6 +324,40 @@ async def test_inside_a_maintenance_window_a_dropped_socket_probes_once_per_inte
         judge(sim, run, until_s)
 
 
+async def test_inside_a_maintenance_window_failing_rest_calls_probe_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Inside a declared window, token 503s and REST 5xx at set-up wait one probe per
+    probe_interval_s each (never the backoff; a 503's Retry-After still the floor), and the
+    stream reports maintenance while they wait; then it comes up and breaks no rule."""
+    probe = 0.2
+    async with GenesysCloudSimulator(sim_settings()) as sim:
+        clock = clock_of(sim)
+        window = {"platform": "genesys-cloud", "start": rfc3339(clock() - 1.0),
+                  "end": rfc3339(clock() + 30.0), "probe_interval_s": probe}
+        sim.inject(GcFault(kind="token_error", status=503, count=2))
+        sim.inject(GcFault(kind="rest_error", status=502, path="/api/v2/routing/queues",
+                           count=3))
+        sim.inject(GcFault(kind="rest_error", status=503, retry_after=1.0,
+                           path="/api/v2/notifications/channels", method="POST"))
+        statuses: list[SourceStatus] = []
+        async with running(sim, caplog, maintenance=(window,),
+                           on_change=lambda s: statuses.append(s.status)) as run:
+            await until(run.streaming)
+            until_s = await quiesce(sim, run)
+        waits = run.events("maintenance.waiting")
+        assert [w["call"] for w in waits] == ["token"] * 2 + [
+            "GET /api/v2/routing/queues"] * 3 + ["POST /api/v2/notifications/channels"]
+        assert [w["probe_in_s"] for w in waits] == [probe] * 5 + [1.0]
+        retried = [r["delay_s"] for r in run.events("rest.retrying")]
+        assert retried == [probe] * 3 + [1.0]  # not the backoff's 0.05, 0.1, 0.2
+        assert SourceStatus.MAINTENANCE in statuses
+        assert statuses.index(SourceStatus.MAINTENANCE) < statuses.index(SourceStatus.STREAMING)
+        stats = sim.stats[CLIENT]
+        assert stats.token_errors[503] == 2 and stats.rest_errors[502] == 3
+        assert stats.rest_errors[503] == 1
+        judge(sim, run, until_s)
+
+
 async def test_a_channel_gone_while_disconnected_is_found_by_head(
         caplog: pytest.LogCaptureFixture) -> None:
     """A reset, and the channel expires meanwhile (no socket to send the 404 frame to): the

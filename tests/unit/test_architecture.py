@@ -29,7 +29,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 # modules that decide and never do: no clock, no randomness, no I/O, no event loop
 FORBIDDEN_IN_PURE = ("asyncio", "time", "random", "socket", "ssl", "select", "selectors",
                      "threading", "subprocess", "websockets", "aiohttp", "aiokafka", "faust",
-                     "mode", "urllib.request", "http.client")
+                     "mode", "urllib.request", "http.client", "python_socks", "aiohttp_socks")
+# libraries used through one module only: the seam that says how they are used and maps their
+# errors (faust and mode's private names have theirs, pipeline/faust_compat.py, checked apart)
+SEAMS: dict[str, str] = {
+    "python_socks": "connectors/sources/proxy.py",
+    "aiohttp_socks": "connectors/sources/proxy.py",
+}
 PURE = sorted({
     *(p for p in (ROOT / "connectors" / "policy").glob("*.py")),
     ROOT / "pipeline" / "bloom.py",
@@ -91,6 +97,17 @@ def test_imports_follow_the_layers(path: Path) -> None:
     wrong = sorted(name for name in _imports(path) if _own(name)
                    and not any(name == a or name.startswith(a + ".") for a in ALLOWED[layer]))
     assert not wrong, f"{module} (layer {layer}) imports {wrong}"
+
+
+def test_seamed_libraries_are_imported_by_their_seam_only() -> None:
+    """python-socks and aiohttp-socks are reached through ``connectors.sources.proxy`` only."""
+    wrong = sorted((str(path.relative_to(ROOT)), name) for path in _sources()
+                   for name in _imports(path) for lib, seam in SEAMS.items()
+                   if (name == lib or name.startswith(lib + "."))
+                   and str(path.relative_to(ROOT)) != seam)
+    assert not wrong
+    for lib, seam in SEAMS.items():  # and the seam does use them (the rule is not vacuous)
+        assert lib in _imports(ROOT / seam)
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))

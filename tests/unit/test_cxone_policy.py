@@ -188,6 +188,14 @@ def test_403_fails_and_404_rediscovers_once_then_fails() -> None:
     assert classify(404, ladder=ladder).action is Action.FAIL
 
 
+def test_a_proxy_refusing_its_credentials_fails_and_other_4xx_back_off() -> None:
+    """407 (an HTTP proxy's, or a SOCKS refusal read as it) does not heal: the stream fails
+    with a line that says where to look; another 4xx backs off under the breaker."""
+    refused = classify(407, ladder=AuthLadder(), what="stream cx: agents/states")
+    assert refused.action is Action.FAIL and "proxy" in refused.detail
+    assert classify(400, ladder=AuthLadder()).action is Action.RETRY
+
+
 def test_throttling_errors_and_timeouts_back_off_with_the_retry_after() -> None:
     """429, 5xx, timeouts and connection errors back off; Retry-After is the floor; a refused
     connection or a DNS failure also redoes discovery."""
