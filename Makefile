@@ -13,7 +13,7 @@ test: bootstrap lint
 
 # the inner loop: unit + component tiers (no broker, no whole processes), well under a minute
 test-fast: bootstrap
-	$(PY) -m pytest -q tests/unit tests/component $(ARGS)
+	$(PY) -m pytest -q -n 4 tests/unit tests/component $(ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check ccstream connectors pipeline simulator devtools tests bench
