@@ -370,14 +370,41 @@ class DedupAgent:
         producer, lock = found
         try:
             async with lock:
-                futures = [await producer.send(
-                    o.topic, o.value, key=o.key, partition=o.partition, headers=o.headers,
-                    timestamp_ms=None if o.timestamp is None else round(o.timestamp * 1000),
-                ) for o in outs]
+                futures = await _append(producer, outs)
         except Exception as err:  # noqa: BLE001  # any failure: see _die
             _die("dedup.send_failed", partition=partition, error=repr(err))
         for fut in futures:
             fut.add_done_callback(_log_send_failure)
+
+
+async def _append(producer: Any, outs: list[Out]) -> list[asyncio.Future[Any]]:
+    """``outs`` into ``producer``'s open transaction: one record batch per destination
+    partition, in order within each, instead of one ``send()`` per record (which looks the
+    topic's metadata up and makes a future per record: 10-15 % of the worker's time). A full
+    batch is submitted and the next one begun; a record without a partition (DLQ: the
+    partitioner chooses) goes through ``send()``. Both join the transaction the same way
+    (aiokafka adds a batch's partition to it before the batch is sent)."""
+    builders: dict[tuple[str, int], Any] = {}
+    futures: list[asyncio.Future[Any]] = []
+    for o in outs:
+        stamp = None if o.timestamp is None else round(o.timestamp * 1000)
+        if o.partition is None:
+            futures.append(await producer.send(o.topic, o.value, key=o.key, headers=o.headers,
+                                               timestamp_ms=stamp))
+            continue
+        target = (o.topic, o.partition)
+        builder = builders.get(target)
+        if builder is None:
+            builder = builders[target] = producer.create_batch()
+        if builder.append(key=o.key, value=o.value, timestamp=stamp,
+                          headers=o.headers or []) is None:  # full: submit it, begin the next
+            futures.append(await producer.send_batch(builder, o.topic, partition=o.partition))
+            builder = builders[target] = producer.create_batch()
+            # the first record of a batch always fits (aiokafka's rule, as Kafka's)
+            builder.append(key=o.key, value=o.value, timestamp=stamp, headers=o.headers or [])
+    for (topic, partition), builder in builders.items():
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    return futures
 
 
 @dataclass(frozen=True)
