@@ -206,6 +206,18 @@ def transaction(app: Any, topic: str, partition: int) -> tuple[Any, asyncio.Lock
     return producer, lock
 
 
+def member_id(app: Any) -> str | None:
+    """The group member id of the worker's consumer (aiokafka's group coordinator holds it),
+    or None when it cannot be read: used best effort only (``pipeline/dedup/members.py``), so
+    a faust or aiokafka without these names makes it None rather than an exit at start."""
+    try:
+        consumer = app.consumer._thread._ensure_consumer()
+        member = consumer._coordinator.member_id
+    except (AttributeError, AssertionError, RuntimeError):
+        return None
+    return member if isinstance(member, str) and member else None
+
+
 def transactional_id(app: Any, topic: str, partition: int) -> str:
     return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"
 

@@ -45,7 +45,7 @@ from ccstream.records import (
 from ccstream.topics import committed_offsets, max_record_bytes
 from pipeline import faust_compat
 from pipeline.bloom import policy_for
-from pipeline.dedup import keys
+from pipeline.dedup import keys, members
 from pipeline.dedup.readback import read_range
 from pipeline.dedup.state import PartitionDedup, Position, Verdict
 from pipeline.dedup.table import DedupTable
@@ -121,6 +121,16 @@ def build_app(config: Config, topo: Topology,
         extra_topic_configs={"retention.ms": str(int(changelog_retention_s(config) * 1000))},
     )
     app.tables.add(table)
+    if d.instance_id is None:  # a static member takes its own place already (members.py)
+        folder = members.directory(config)
+
+        async def _record_member(sender: Any, *_: Any, **__: Any) -> None:
+            member = faust_compat.member_id(sender)
+            if member:
+                members.record(folder, member)
+
+        handler: Any = _record_member  # faust's Signal types a handler narrower than it calls
+        app.on_partitions_assigned.connect(handler)
     raw_topic = app.topic(topo.raw, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
     agent = (agent_type or DedupAgent)(app, table, topo, config)

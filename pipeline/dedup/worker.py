@@ -16,6 +16,7 @@ from ccstream import logs
 from ccstream.config import Config, ConfigError
 from ccstream.topics import TopicSpec, contract_topics, ensure_topics, partition_count
 from pipeline import faust_compat
+from pipeline.dedup import members
 from pipeline.dedup.app import DedupAgent, Topology, build_app, changelog_retention_s
 from pipeline.dedup.table import changelog_topic_name
 
@@ -69,6 +70,10 @@ def start(config: Config, agent_type: type[DedupAgent] | None = None, *,
     faust_compat.check()
     logs.configure(config.log.level, config.log.format)
     topo = asyncio.run(prepare(config))
+    folder = members.directory(config)
+    if config.dedup.instance_id is None:
+        # a killed predecessor's member leaves the group now, not at its session's end
+        asyncio.run(members.remove_predecessors(config, folder))
     app, _ = build_app(config, topo, agent_type)
     log.info("dedup.starting", app_id=config.dedup.app_id, raw=topo.raw, clean=topo.clean,
              partitions=topo.raw_partitions, strict=config.dedup.strict,
@@ -83,7 +88,11 @@ def start(config: Config, agent_type: type[DedupAgent] | None = None, *,
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:
-        return (stop.code if isinstance(stop.code, int) else 1), worker
+        code = stop.code if isinstance(stop.code, int) else 1
+        if code == 0:
+            members.forget(folder)  # left the group itself
+        return code, worker
+    members.forget(folder)
     return 0, worker
 
 

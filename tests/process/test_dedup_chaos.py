@@ -66,12 +66,15 @@ async def _drained(config: Config, distinct: int, stop: asyncio.Event,
     return counts, expected_keys(list(range(distinct))) - set(counts)
 
 
-async def _kill_at_random_points(start: object, rounds: int, rng: random.Random) -> int:
+async def _kill_at_random_points(start: object, rounds: int, rng: random.Random,
+                                 started: list[Worker] | None = None) -> int:
     """Start a worker and SIGKILL it, ``rounds`` times; returns kills that hit a worker that
-    had already recovered and was processing."""
+    had already recovered and was processing (``started``: every worker, appended)."""
     mid_stream = 0
     for i in range(rounds):
         worker: Worker = start(f"w{i}")  # type: ignore[operator]
+        if started is not None:
+            started.append(worker)
         if i % 2 == 0:  # mid-stream: after its recovery, while records flow
             await worker.until("dedup.recovered", timeout=90)
             await asyncio.sleep(rng.uniform(0.2, 2.0))
@@ -96,12 +99,18 @@ async def test_ten_kill_9_with_a_producer_writing_lose_and_duplicate_nothing(
         first.kill()
         producer = asyncio.create_task(
             produce(bootstrap, config.topics.raw, items, pace_s=1.2))
-        mid_stream = await _kill_at_random_points(start, 10, rng)
+        killed: list[Worker] = []
+        mid_stream = await _kill_at_random_points(start, 10, rng, killed)
         await producer
         stop, finals = asyncio.Event(), []
         supervisor = asyncio.create_task(supervised(start, "w-final", stop, finals))
         counts, missing = await _drained(config, distinct, stop, supervisor, finals)
     assert mid_stream == 5
+    # each worker after a kill sent the LeaveGroup of the member its killed predecessor had
+    # recorded (members.py; "unknown_member" when the 2 s session had already ended it)
+    removals = [e for w in [*killed, *finals] for e in w.events("dedup.predecessor_removed")]
+    assert len(removals) >= mid_stream
+    assert {e["outcome"] for e in removals} <= {"removed", "unknown_member"}
     assert (len(missing), sorted(missing)[:5]) == (0, [])
     assert [k for k, n in counts.items() if n > 1] == []
 
