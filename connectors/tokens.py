@@ -31,7 +31,14 @@ from ccstream.logs import BoundLogger, get_logger
 from connectors.policy.close_codes import retry_after_seconds
 from connectors.policy.session import CERT_ERROR
 from connectors.policy.token_expiry import Token, expires_at, jwt_exp, refresh_at
-from connectors.sources.proxy import SOCKS_ERRORS, Route, aiohttp_kwargs, routed, socks_refusal
+from connectors.sources.proxy import (
+    PROXY_REFUSED,
+    SOCKS_ERRORS,
+    Route,
+    aiohttp_kwargs,
+    routed,
+    socks_refusal,
+)
 
 Clock = Callable[[], float]
 
@@ -136,7 +143,7 @@ class TokenManager:
             # the proxy refused the CONNECT (https token URL); 407 = wrong proxy credentials,
             # which do not heal, as a proxied http request's 407 answer below
             metrics.TOKEN_REFRESHES.labels(**labels, outcome="proxy_error").inc()
-            raise TokenError(self.client_id, err.status, "proxy_authentication_required"
+            raise TokenError(self.client_id, err.status, PROXY_REFUSED
                              if err.status == 407 else "proxy_error",
                              retriable=err.status != 407) from None
         except SOCKS_ERRORS as err:
@@ -144,12 +151,12 @@ class TokenManager:
             refusal = socks_refusal(err)
             metrics.TOKEN_REFRESHES.labels(**labels, outcome="proxy_error").inc()
             raise TokenError(self.client_id, None, refusal,
-                             retriable=refusal != "proxy_authentication_required") from None
+                             retriable=refusal != PROXY_REFUSED) from None
         except (aiohttp.ClientError, TimeoutError) as err:
             metrics.TOKEN_REFRESHES.labels(**labels, outcome="error").inc()
             raise TokenError(self.client_id, None, type(err).__name__, retriable=True) from None
         if status != 200 or not isinstance(body.get("access_token"), str):
-            error = str(body.get("error", "proxy_authentication_required" if status == 407
+            error = str(body.get("error", PROXY_REFUSED if status == 407
                                  else "bad_response"))
             metrics.TOKEN_REFRESHES.labels(**labels, outcome=error).inc()
             retriable = status == 429 or status >= 500 or status == 200

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccstream.paths import cache_root
 from ccstream.procs import popen_tied
 
 KAFKA_VERSION = os.environ.get("CCSTREAM_KAFKA_VERSION", "4.1.1")
@@ -45,12 +46,6 @@ STOP_TIMEOUT_S = 20.0
 
 class DevKafkaError(RuntimeError):
     """The local broker could not be fetched, started or reached; the message says why."""
-
-
-def cache_root() -> Path:
-    """Where fetched jars live: ``$CCSTREAM_CACHE`` or ``~/.cache/ccstream``, outside the repo."""
-    env = os.environ.get("CCSTREAM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ccstream"
 
 
 def require_tools() -> None:

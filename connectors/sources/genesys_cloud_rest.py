@@ -44,7 +44,7 @@ from connectors.policy.holdoff import HoldOff
 from connectors.policy.maintenance import Calendar, Open, probe_delay
 from connectors.sources.base import SourceDeps, TokenSource
 from connectors.sources.http import Answer, call
-from connectors.sources.proxy import proxy_rules
+from connectors.sources.proxy import PROXY_REFUSED, proxy_rules
 from connectors.sources.stopping import Stopping
 from connectors.tokens import TokenError, TokenManager
 
@@ -218,7 +218,7 @@ class GcRest:
             except TokenError as err:
                 if not err.retriable:
                     fix = ("check the proxy's user and password (proxy or HTTPS_PROXY)"
-                           if err.error == "proxy_authentication_required"
+                           if err.error == PROXY_REFUSED
                            else "check client_id and the client secret")
                     raise GcFatalError(
                         f"stream {self.stream.name}: the token request was refused "

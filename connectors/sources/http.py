@@ -21,10 +21,16 @@ import aiohttp
 import orjson
 
 from connectors.policy.close_codes import retry_after_seconds
-from connectors.sources.proxy import SOCKS_ERRORS, Route, aiohttp_kwargs, routed, socks_refusal
+from connectors.sources.proxy import (
+    PROXY_REFUSED,
+    SOCKS_ERRORS,
+    Route,
+    aiohttp_kwargs,
+    routed,
+    socks_refusal,
+)
 
 PROXY_AUTH = 407                                  # the proxy refused its credentials
-PROXY_REFUSED = "proxy_authentication_required"
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,9 @@ async def client_session() -> AsyncIterator[aiohttp.ClientSession]:
             await close_routed(http)
 
 
+# any proxy's refusal of its credentials, as every caller reads it (an HTTP 407, a SOCKS
+# authentication failure): they do not heal
+PROXY_REFUSED = "proxy_authentication_required"
 # what python-socks says when the proxy would not take the credentials (or wanted some)
 _SOCKS_AUTH = ("authentication", "no acceptable authentication")
 # everything either library raises for a SOCKS proxy (aiohttp-socks' own are not OSErrors)
@@ -154,7 +157,7 @@ def socks_refusal(err: BaseException) -> str:
     """A SOCKS proxy's refusal as ccstream reads it: ``proxy_authentication_required`` (wrong
     or missing credentials: they do not heal, as an HTTP proxy's 407) or ``proxy_error``."""
     text = str(err).lower()
-    return ("proxy_authentication_required" if any(w in text for w in _SOCKS_AUTH)
+    return (PROXY_REFUSED if any(w in text for w in _SOCKS_AUTH)
             else "proxy_error")
 
 

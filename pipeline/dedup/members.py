@@ -35,6 +35,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from ccstream.config import Config
 from ccstream.logs import get_logger
+from ccstream.paths import cache_root
 
 log = get_logger("ccstream.dedup")
 PREFIX = "member-"
@@ -53,9 +54,7 @@ def directory(config: Config) -> Path:
     fetched broker's cache root: ``$CCSTREAM_CACHE`` or ``~/.cache/ccstream``)."""
     if config.dedup.data_dir:
         return Path(config.dedup.data_dir) / "members"
-    env = os.environ.get("CCSTREAM_CACHE")
-    root = Path(env) if env else Path.home() / ".cache" / "ccstream"
-    return root / "dedup-members" / re.sub(r"[^A-Za-z0-9._-]", "_", config.dedup.app_id)
+    return cache_root() / "dedup-members" / re.sub(r"[^A-Za-z0-9._-]", "_", config.dedup.app_id)
 
 
 def stale(recorded: list[Recorded], own_pid: int, alive: Callable[[int], bool]) -> list[Recorded]:

@@ -85,15 +85,14 @@ def start(config: Config, agent_type: type[DedupAgent] | None = None, *,
 
         loop.run_until_complete(serve(config.metrics.host, config.metrics.port))
     worker = worker_class(app, loop=loop, loglevel=logging.getLogger().level, **worker_kwargs)
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
-        if code == 0:
-            members.forget(folder)  # left the group itself
-        return code, worker
-    members.forget(folder)
-    return 0, worker
+    if code == 0:
+        members.forget(folder)  # a clean stop: the worker left the group itself
+    return code, worker
 
 
 def run(config: Config, agent_type: type[DedupAgent] | None = None) -> int:
